@@ -1,0 +1,1 @@
+"""The ``bbp-resume`` command line (argument parsing, output, exit codes)."""

@@ -1,0 +1,230 @@
+"""``CheckpointConfig``: every field of the BB-Pipeline ``CheckpointConfig``, plus the
+distributed ones, validated as a whole.
+
+Sources, later ones winning: the defaults, a TOML file, ``BBP_<FIELD>`` environment
+variables, keyword arguments (see :meth:`CheckpointConfig.load`). Durations take seconds
+(``300``) or ISO 8601 (``"PT5M"``). ``encryption_key`` and ``decryption_keys`` are
+secrets: they never appear in ``repr``, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from datetime import timedelta
+from enum import StrEnum
+from pathlib import Path
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+from bbp_dist_resume.errors import ConfigError
+
+_ENV_PREFIX = "BBP_"
+# BBP_ variables that are not config fields (read by the CLI and the test fixtures).
+_ENV_NOT_FIELDS = frozenset({"BBP_CONFIG", "BBP_DEBUG"})
+_ENV_IGNORED_PREFIXES = ("BBP_TEST_",)
+
+
+class CheckpointStrategy(StrEnum):
+    """When a worker checkpoints (BB-Pipeline ``CheckpointStrategy``)."""
+
+    TIME_BASED = "time_based"
+    PROGRESS_BASED = "progress_based"
+    HYBRID = "hybrid"
+    MANUAL = "manual"
+    ADAPTIVE = "adaptive"
+
+
+class CheckpointGranularity(StrEnum):
+    """Where checkpoints may be taken: stage boundaries, task boundaries, or also progress."""
+
+    COARSE = "coarse"
+    MEDIUM = "medium"
+    FINE = "fine"
+
+
+class CheckpointConfig(BaseModel):
+    """Configuration of one worker's (or coordinator's) checkpointing.
+
+    Attributes mirror the BB-Pipeline ``CheckpointConfig`` (``checkpoint_dir`` became
+    ``store_url``) and add the distributed ones (``coord_url``, leases, upload).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    store_url: str = Field("file:checkpoints", min_length=1, max_length=4096)
+    strategy: CheckpointStrategy = CheckpointStrategy.HYBRID
+    granularity: CheckpointGranularity = CheckpointGranularity.MEDIUM
+    time_interval: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))
+    progress_threshold: float = Field(10.0, gt=0.0, le=100.0)
+    max_checkpoints: int = Field(10, ge=1, le=100_000)
+    enable_compression: bool = True
+    enable_encryption: bool = False
+    encryption_key: SecretStr | None = None
+    decryption_keys: tuple[SecretStr, ...] = ()
+    enable_verification: bool = True
+    max_memory_threshold_mb: int = Field(1024, ge=1)
+    auto_cleanup: bool = True
+    cleanup_age: timedelta = Field(timedelta(hours=24), gt=timedelta(0))
+
+    coord_url: str = Field("sqlite:checkpoints/coord.db", min_length=1, max_length=4096)
+    lease_ttl: timedelta = Field(timedelta(seconds=30), ge=timedelta(seconds=1))
+    heartbeat_interval: timedelta = Field(timedelta(seconds=10), gt=timedelta(0))
+    upload_concurrency: int = Field(8, ge=1, le=256)
+    compression_level: int = Field(3, ge=-7, le=22)
+    chunk_min_size: int = Field(256 * 1024, ge=64, le=1 << 20)
+    chunk_avg_size: int = Field(1 << 20, ge=256, le=4 << 20)
+    chunk_max_size: int = Field(4 << 20, ge=1024, le=16 << 20)
+    inline_threshold: int = Field(4096, ge=0, le=65536)
+    allow_unsafe_store: bool = False
+
+    @model_validator(mode="after")
+    def _check_relations(self) -> Self:
+        problems = _relation_problems(self)
+        if problems:
+            # Raised as ValueError so pydantic reports it with the field errors.
+            raise ValueError("; ".join(f"{f}: {why}" for f, why in problems))
+        return self
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise ConfigError(_problems(exc)) from None
+
+    @classmethod
+    def load(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> CheckpointConfig:
+        """Build a config from a TOML file, ``BBP_*`` variables and keyword arguments.
+
+        Args:
+            path: a TOML file whose top-level keys (or ``[checkpoint]`` table) are fields.
+            env: the environment to read (``os.environ`` by default; ``{}`` to ignore it).
+            **overrides: field values that win over the file and the environment.
+
+        Raises:
+            ConfigError: naming every bad field and why; a secret's value is never shown.
+        """
+        data: dict[str, Any] = {}
+        if path is not None:
+            data.update(_read_toml(Path(path)))
+        data.update(_read_env(os.environ if env is None else env))
+        data.update(overrides)
+        return cls(**data)
+
+    def with_changes(self, **changes: Any) -> CheckpointConfig:
+        """Return a validated copy with some fields changed."""
+        data = dict(self.__dict__)
+        data.update(changes)
+        return CheckpointConfig(**data)
+
+    def secret_key(self) -> str | None:
+        """The configured encryption key, for the key layer only."""
+        return None if self.encryption_key is None else self.encryption_key.get_secret_value()
+
+
+def _relation_problems(c: CheckpointConfig) -> list[tuple[str, str]]:
+    problems: list[tuple[str, str]] = []
+    if not c.chunk_min_size < c.chunk_avg_size < c.chunk_max_size:
+        problems.append(("chunk_avg_size", "need chunk_min_size < chunk_avg_size < chunk_max_size"))
+    if c.heartbeat_interval * 2 > c.lease_ttl:
+        problems.append(("heartbeat_interval", "must be at most half of lease_ttl"))
+    if c.enable_encryption and c.encryption_key is None:
+        problems.append(("encryption_key", "required when enable_encryption is true"))
+    if c.encryption_key is not None and not c.encryption_key.get_secret_value():
+        problems.append(("encryption_key", "must not be empty"))
+    scheme = c.store_url.split(":", 1)[0].lower() if ":" in c.store_url else ""
+    if scheme not in ("file", "s3"):
+        problems.append(("store_url", "must start with file: or s3://"))
+    coord = c.coord_url.split(":", 1)[0].lower() if ":" in c.coord_url else ""
+    if coord not in ("redis", "rediss", "redis+cluster", "sqlite"):
+        problems.append(
+            ("coord_url", "must start with redis://, rediss://, redis+cluster:// or sqlite:")
+        )
+    return problems
+
+
+def _problems(exc: ValidationError) -> list[tuple[str, str]]:
+    # Built from locations and messages only: pydantic's "input" may hold a secret.
+    out: list[tuple[str, str]] = []
+    for err in exc.errors(include_input=False, include_url=False):
+        field = ".".join(str(p) for p in err["loc"])
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if not field and ": " in msg:
+            out.extend(tuple(p.split(": ", 1)) for p in msg.split("; "))  # type: ignore[misc]
+        else:
+            out.append((field or "config", msg))
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError([("config file", f"cannot read {str(path)!r}: {exc.strerror}")]) from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError([("config file", f"{str(path)!r} is not valid TOML: {exc}")]) from None
+    table = data.get("checkpoint", data)
+    if not isinstance(table, dict):
+        raise ConfigError([("config file", "[checkpoint] must be a table")])
+    return table
+
+
+def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
+    fields = CheckpointConfig.model_fields
+    out: dict[str, Any] = {}
+    unknown: list[tuple[str, str]] = []
+    for name, value in env.items():
+        if not name.startswith(_ENV_PREFIX) or name in _ENV_NOT_FIELDS:
+            continue
+        if name.startswith(_ENV_IGNORED_PREFIXES):
+            continue
+        field = name[len(_ENV_PREFIX) :].lower()
+        if field not in fields:
+            unknown.append((name, "not a configuration field"))
+        elif field == "decryption_keys":
+            out[field] = tuple(v for v in value.split(",") if v)
+        else:
+            out[field] = value
+    if unknown:
+        raise ConfigError(unknown)
+    return out
+
+
+def create_default_config(**overrides: Any) -> CheckpointConfig:
+    """Hybrid strategy, every 5 minutes or 10 points of progress, 10 kept."""
+    return CheckpointConfig(**overrides)
+
+
+def create_high_frequency_config(**overrides: Any) -> CheckpointConfig:
+    """Checkpoint often and finely: every 30 s or 2 points, fine granularity, 50 kept."""
+    base: dict[str, Any] = {
+        "strategy": CheckpointStrategy.HYBRID,
+        "granularity": CheckpointGranularity.FINE,
+        "time_interval": timedelta(seconds=30),
+        "progress_threshold": 2.0,
+        "max_checkpoints": 50,
+        "compression_level": 1,
+    }
+    return CheckpointConfig(**(base | overrides))
+
+
+def create_low_overhead_config(**overrides: Any) -> CheckpointConfig:
+    """Checkpoint rarely: every 30 minutes or 25 points, stage boundaries only, 3 kept."""
+    base: dict[str, Any] = {
+        "strategy": CheckpointStrategy.HYBRID,
+        "granularity": CheckpointGranularity.COARSE,
+        "time_interval": timedelta(minutes=30),
+        "progress_threshold": 25.0,
+        "max_checkpoints": 3,
+        "compression_level": 1,
+        "enable_verification": False,
+    }
+    return CheckpointConfig(**(base | overrides))

@@ -1,0 +1,139 @@
+"""The library's exceptions, all rooted at :class:`BBPError`.
+
+::
+
+    BBPError
+    ├── ConfigError (ValueError)             a configuration or URL that cannot be used
+    ├── InvalidIdentifier (ValueError)       an operation/worker/stage/channel id or a store key
+    ├── InvalidCheckpoint (ValueError)       checkpoint data or metadata that cannot be stored
+    ├── StoreError                           the store failed; see ``retryable``
+    │   ├── ObjectNotFound (LookupError)     no object under that key
+    │   ├── BucketNotFound                   the bucket or root directory does not exist
+    │   ├── StoreAccessDenied (PermissionError)   credentials refused
+    │   ├── StoreUnavailable                 transient: timeouts, 5xx and throttling after retries
+    │   └── StoreUnsafeError                 create-only writes do not hold under concurrency
+    ├── IntegrityError                       stored bytes are not what was written
+    │   ├── DecryptionError                  wrong key, missing key, or tampered ciphertext
+    │   └── ManifestError                    a commit record that is malformed or inconsistent
+    ├── EncryptionKeyError                   no configured key opens the store's data keys
+    ├── CommitConflict (FileExistsError)     a commit record's slot is taken by another writer
+    └── CoordinationError                    (filled in by the coordination layer)
+
+Only ``blobstore/`` and ``coordination/`` see botocore or redis exceptions; they translate
+them into these. Messages never contain secrets.
+"""
+
+from __future__ import annotations
+
+
+class BBPError(Exception):
+    """Root of every error the library raises on purpose."""
+
+
+class ConfigError(BBPError, ValueError):
+    """A configuration that cannot be used.
+
+    Attributes:
+        problems: ``(field, reason)`` for every bad field, so a caller can show all at once.
+    """
+
+    def __init__(self, problems: list[tuple[str, str]] | str) -> None:
+        if isinstance(problems, str):
+            problems = [("", problems)]
+        self.problems = problems
+        text = "; ".join(f"{f}: {why}" if f else why for f, why in problems)
+        super().__init__(f"invalid configuration: {text}")
+
+
+class InvalidIdentifier(BBPError, ValueError):
+    """An identifier or key that must not reach a store key, a path or a Redis key."""
+
+    def __init__(self, kind: str, value: object, reason: str) -> None:
+        self.kind = kind
+        self.value = value
+        super().__init__(f"invalid {kind} {value!r}: {reason}")
+
+
+class InvalidCheckpoint(BBPError, ValueError):
+    """Checkpoint data or metadata that cannot be stored (bad sizes, values, types)."""
+
+
+class StoreError(BBPError):
+    """The blob store failed.
+
+    Attributes:
+        key: the object key involved, when there is one.
+        retryable: True when the same call may succeed later (transient failures).
+    """
+
+    retryable: bool = False
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(message if key is None else f"{message} (key {key!r})")
+
+
+class ObjectNotFound(StoreError, LookupError):
+    """No object exists under the key."""
+
+
+class BucketNotFound(StoreError):
+    """The bucket (S3) or the root directory (local store) does not exist."""
+
+
+class StoreAccessDenied(StoreError, PermissionError):
+    """The store refused the credentials or the permission."""
+
+
+class StoreUnavailable(StoreError):
+    """A transient failure that outlived the retries (timeouts, throttling, 5xx)."""
+
+    retryable = True
+
+
+class StoreUnsafeError(StoreError):
+    """The store's create-only writes let more than one concurrent writer win."""
+
+
+class IntegrityError(BBPError):
+    """Bytes read back are not the bytes that were written.
+
+    Attributes:
+        key: the object key involved, when there is one.
+    """
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        self.key = key
+        super().__init__(message if key is None else f"{message} (key {key!r})")
+
+
+class DecryptionError(IntegrityError):
+    """An object could not be decrypted: wrong or missing key, or tampered ciphertext."""
+
+
+class ManifestError(IntegrityError):
+    """A commit record that is malformed, of an unknown version, or inconsistent."""
+
+
+class EncryptionKeyError(BBPError):
+    """No configured encryption key opens any data key of the store, or a key is malformed."""
+
+
+class CommitConflict(BBPError, FileExistsError):
+    """The commit record's slot (operation, worker, seq) was taken by another writer.
+
+    Attributes:
+        operation_id, worker_id, seq: the slot that was refused.
+    """
+
+    def __init__(self, operation_id: str, worker_id: str, seq: int) -> None:
+        self.operation_id = operation_id
+        self.worker_id = worker_id
+        self.seq = seq
+        BBPError.__init__(
+            self, f"commit slot {operation_id}/{worker_id}/{seq} is taken by another writer"
+        )
+
+
+class CoordinationError(BBPError):
+    """Root of the coordination layer's errors (leases, fencing, index)."""
