@@ -17,7 +17,15 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from bbp_dist_resume.errors import ConfigError
 
@@ -79,6 +87,19 @@ class CheckpointConfig(BaseModel):
     chunk_max_size: int = Field(4 << 20, ge=1024, le=16 << 20)
     inline_threshold: int = Field(4096, ge=0, le=65536)
     allow_unsafe_store: bool = False
+
+    @field_validator(
+        "time_interval", "cleanup_age", "lease_ttl", "heartbeat_interval", mode="before"
+    )
+    @classmethod
+    def _seconds_from_text(cls, value: Any) -> Any:
+        # Environment variables and CLI flags give "300": read it as seconds.
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                return value
+        return value
 
     @model_validator(mode="after")
     def _check_relations(self) -> Self:

@@ -5,9 +5,9 @@ the store's ``config`` object); ``base64:<32 bytes>`` gives a KEK directly. Each
 ``keys/<key_id>`` object holds one random 32-byte data key sealed under one KEK. From a
 data key, HKDF derives the AES-256-GCM key for objects and the BLAKE3 key for chunk ids.
 
-Writes use the newest data key that the primary secret opens. Older data keys stay
-readable through the extra secrets in ``decryption_keys``, so rotating the passphrase
-(a new data key under a new secret) never strands old checkpoints.
+Writes use the newest data key that the primary secret opens. To rotate, configure the
+new secret as ``encryption_key`` and the old one in ``decryption_keys``: the first open
+creates a new data key under the new secret, and the old one still opens old objects.
 """
 
 from __future__ import annotations
@@ -104,17 +104,18 @@ class KeyRing(KeyLookup):
 
     @classmethod
     def open(cls, store: BlobStore, kdf: KdfParams, secrets: list[str]) -> KeyRing:
-        """Open the store's keys; create the first data key if the store has none.
+        """Open the store's keys, creating a data key under the primary secret when the
+        store has none (first use) or when only an older secret opens one (rotation).
 
         Raises:
-            EncryptionKeyError: keys exist but the primary secret opens none of them.
+            EncryptionKeyError: keys exist and no configured secret opens any of them.
         """
         ring = cls(store, kdf, secrets)
         found = ring.reload()
         if ring._writer is None:
-            if found:
+            if found and not ring._keys:
                 raise EncryptionKeyError(
-                    "the configured encryption_key opens none of the store's keys"
+                    "no configured encryption key opens any of the store's keys"
                 )
             ring.add_key()
         return ring

