@@ -224,6 +224,30 @@ def test_a_store_without_atomic_create_only_writes_is_refused(tmp_path: Path) ->
     assert not (tmp_path / "s" / "config").exists()
     repo = open_on_store(UnsafeStore(tmp_path / "s"), cfg.with_changes(allow_unsafe_store=True))
     repo.close()
+    # The recorded result keeps refusing the store to openers that do not allow it.
+    with pytest.raises(StoreUnsafeError):
+        open_on_store(LocalBlobStore(tmp_path / "s"), cfg)
+
+
+class CountingStore(LocalBlobStore):
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.created: list[str] = []
+
+    def put_if_absent(self, key: str, data: bytes) -> bool:
+        self.created.append(key)
+        return super().put_if_absent(key, data)
+
+
+def test_only_the_first_open_of_a_store_probes_it(tmp_path: Path) -> None:
+    cfg = CheckpointConfig(store_url=f"file://{tmp_path}")
+    first = CountingStore(tmp_path / "s")
+    open_on_store(first, cfg).close()
+    assert sum(k.startswith("probe/") for k in first.created) == 16
+    assert not list(first.list("probe/"))
+    again = CountingStore(tmp_path / "s")
+    open_on_store(again, cfg).close()
+    assert again.created == []
 
 
 def test_concurrent_first_opens_agree_on_one_store_config(store_url: str) -> None:

@@ -78,21 +78,30 @@ class StoreConfig(BaseModel):
 def load_or_create(store: BlobStore, config: CheckpointConfig) -> StoreConfig:
     """Return the store's config, creating it (create-only) if the store is new.
 
+    A new store is probed first and the result kept in its config; every later open
+    checks that recorded result. (Probing at every open would cost seconds on servers
+    that serialise conditional writes to one key, as SeaweedFS does.)
+
     Raises:
         StoreUnsafeError: the probe saw more than one winner and unsafe stores are refused.
         ManifestError: the config object is malformed or of a newer format.
     """
+    try:
+        existing = _parse(store.get(CONFIG_KEY))
+    except ObjectNotFound:
+        existing = None
+    if existing is not None:
+        _check_probe(existing.probe, store, config)
+        return existing
     probe = run_probe(store)
     _check_probe(probe, store, config)
-    try:
-        return _parse(store.get(CONFIG_KEY))
-    except ObjectNotFound:
-        pass
     fresh = _new_config(config, probe)
     body = json.dumps(fresh.model_dump(), sort_keys=True, separators=(",", ":")).encode()
     if store.put_if_absent(CONFIG_KEY, encode(body, store_key=CONFIG_KEY, level=None, seal=None)):
         return fresh
-    return _parse(store.get(CONFIG_KEY))  # another process created it first
+    winner = _parse(store.get(CONFIG_KEY))  # another process created it first
+    _check_probe(winner.probe, store, config)
+    return winner
 
 
 def _new_config(config: CheckpointConfig, probe: ProbeResult) -> StoreConfig:
