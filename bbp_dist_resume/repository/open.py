@@ -60,7 +60,6 @@ def open_on_store(store: BlobStore, config: CheckpointConfig) -> Repository:
         concurrency=config.upload_concurrency,
         chunker=chunker.params(),
         inline_threshold=config.inline_threshold,
-        verify_on_read=config.enable_verification,
     )
     return Repository(store, codec, options)
 

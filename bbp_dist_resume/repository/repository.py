@@ -49,7 +49,6 @@ class RepositoryOptions:
     concurrency: int
     chunker: ChunkerParams
     inline_threshold: int
-    verify_on_read: bool = True
 
 
 class Repository:
