@@ -101,6 +101,27 @@ class CheckpointConfig(BaseModel):
                 return value
         return value
 
+    @field_validator("store_url")
+    @classmethod
+    def _store_scheme(cls, value: str) -> str:
+        if _scheme(value) not in ("file", "s3"):
+            raise ValueError("must start with file: or s3://")
+        return value
+
+    @field_validator("coord_url")
+    @classmethod
+    def _coord_scheme(cls, value: str) -> str:
+        if _scheme(value) not in ("redis", "rediss", "redis+cluster", "sqlite"):
+            raise ValueError("must start with redis://, rediss://, redis+cluster:// or sqlite:")
+        return value
+
+    @field_validator("encryption_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value():
+            raise ValueError("must not be empty")
+        return value
+
     @model_validator(mode="after")
     def _check_relations(self) -> Self:
         problems = _relation_problems(self)
@@ -151,6 +172,10 @@ class CheckpointConfig(BaseModel):
         return None if self.encryption_key is None else self.encryption_key.get_secret_value()
 
 
+def _scheme(url: str) -> str:
+    return url.split(":", 1)[0].lower() if ":" in url else ""
+
+
 def _relation_problems(c: CheckpointConfig) -> list[tuple[str, str]]:
     problems: list[tuple[str, str]] = []
     if not c.chunk_min_size < c.chunk_avg_size < c.chunk_max_size:
@@ -159,16 +184,6 @@ def _relation_problems(c: CheckpointConfig) -> list[tuple[str, str]]:
         problems.append(("heartbeat_interval", "must be at most half of lease_ttl"))
     if c.enable_encryption and c.encryption_key is None:
         problems.append(("encryption_key", "required when enable_encryption is true"))
-    if c.encryption_key is not None and not c.encryption_key.get_secret_value():
-        problems.append(("encryption_key", "must not be empty"))
-    scheme = c.store_url.split(":", 1)[0].lower() if ":" in c.store_url else ""
-    if scheme not in ("file", "s3"):
-        problems.append(("store_url", "must start with file: or s3://"))
-    coord = c.coord_url.split(":", 1)[0].lower() if ":" in c.coord_url else ""
-    if coord not in ("redis", "rediss", "redis+cluster", "sqlite"):
-        problems.append(
-            ("coord_url", "must start with redis://, rediss://, redis+cluster:// or sqlite:")
-        )
     return problems
 
 

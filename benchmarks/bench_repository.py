@@ -4,7 +4,8 @@ One run measures, for a part of --size-mib MiB (random bytes, and CSV-like text)
 
 1. write throughput of ``Repository.write`` + ``commit`` (part given as a file path),
    compression and encryption off and on, against boto3 ``upload_fileobj``;
-2. an incremental write after changing 1% of the part (10 regions of 0.1%);
+2. an incremental write after changing 1% of the part (one region; and, for
+   information, 10 scattered regions of 0.1%);
 3. read throughput of ``Repository.read`` and ``restore_part`` against boto3
    ``download_fileobj`` (into memory, into a file);
 4. peak RSS growth of a file-part write, measured in a subprocess.
@@ -80,7 +81,6 @@ READ_TARGET = 1.0  # x raw download_fileobj
 INC_BYTES_TARGET = 3.0  # % of the part uploaded by the incremental write
 INC_TIME_TARGET = 15.0  # % of the first write's time
 RSS_TARGET = 25.0  # % of the part size
-INC_REGIONS = 10
 CSV_PORTS = (21, 22, 25, 53, 80, 110, 143, 443, 445, 993, 3306, 5432, 6379, 8080, 8443, 9200)
 CSV_PROTOS = ("http/1.1", "h2", "ssh", "smtp", "dns", "mysql", "redis", "tls", "ftp")
 CSV_STATES = ("open", "open", "open", "filtered", "closed")
@@ -157,13 +157,22 @@ def store_url(ep: Endpoint, prefix: str) -> str:
     return f"s3://{ep.bucket}/{prefix}?endpoint_url={ep.url}&region={ep.region}"
 
 
-def open_repo(url: str, on: bool, concurrency: int) -> Repository:
+def repo_options(args: argparse.Namespace) -> dict[str, int]:
+    """Config fields from the command line (chunk sizes only take effect in a new store)."""
+    opts = {"upload_concurrency": args.concurrency}
+    if args.chunk_avg_kib:
+        avg = args.chunk_avg_kib * 1024
+        opts |= {"chunk_min_size": avg // 4, "chunk_avg_size": avg, "chunk_max_size": avg * 4}
+    return opts
+
+
+def open_repo(url: str, on: bool, opts: dict[str, int]) -> Repository:
     cfg = CheckpointConfig(
         store_url=url,
         enable_compression=on,
         enable_encryption=on,
         encryption_key=PASSPHRASE if on else None,
-        upload_concurrency=concurrency,
+        **opts,
     )
     return open_repository(None, cfg)
 
@@ -283,6 +292,16 @@ def download_raw_file(client: S3Client, bucket: str, key: str, path: Path) -> No
         client.download_fileobj(bucket, key, f)
 
 
+def fsync_time(path: Path) -> float:
+    began = time.perf_counter()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return time.perf_counter() - began
+
+
 @dataclass
 class ConfigRun:
     """The measurements of one dataset x mode (compression+encryption off or on)."""
@@ -292,6 +311,8 @@ class ConfigRun:
     first: Samples = field(default_factory=Samples)
     inc: Samples = field(default_factory=Samples)
     inc_uploaded: list[int] = field(default_factory=list)
+    scattered: Samples = field(default_factory=Samples)
+    scattered_uploaded: list[int] = field(default_factory=list)
     inc_chunks: list[int] = field(default_factory=list)
     first_uploaded: list[int] = field(default_factory=list)
     chunks: int = 0
@@ -314,6 +335,10 @@ class Bench:
     rows: list[Row] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def opts(self) -> dict[str, int]:
+        return repo_options(self.args)
+
     def prefix(self, name: str) -> str:
         return f"bench-{self.run_id}/{name}"
 
@@ -325,18 +350,24 @@ class Bench:
 
     # -- writes ---------------------------------------------------------------------------
 
-    def first_and_incremental(self, run: ConfigRun, path: Path, changed: Path, r: int) -> None:
-        """A first write to a fresh store, then the 1%-changed part to the same store."""
+    def first_and_incremental(
+        self, run: ConfigRun, path: Path, changed: tuple[Path, Path], r: int
+    ) -> None:
+        """A first write to a fresh store, then the 1%-changed part to the same store:
+        once with the change in ``--inc-regions`` runs, once in ``--scattered-regions``."""
         name = f"{run.dataset}-{'on' if run.on else 'off'}-r{r}"
-        repo = open_repo(self.url(name), run.on, self.args.concurrency)
+        repo = open_repo(self.url(name), run.on, self.opts)
         try:
             s0 = repo.stats()
             m = run.first.add(lambda: repo.commit(repo.write({"data": path}, meta(1))))
             s1 = repo.stats()
-            run.inc.add(lambda: repo.commit(repo.write({"data": changed}, meta(2))))
+            run.inc.add(lambda: repo.commit(repo.write({"data": changed[0]}, meta(2))))
             s2 = repo.stats()
+            run.scattered.add(lambda: repo.commit(repo.write({"data": changed[1]}, meta(3))))
+            s3 = repo.stats()
         finally:
             repo.close()
+        run.scattered_uploaded.append(s3.uploaded_bytes - s2.uploaded_bytes)
         run.first_uploaded.append(s1.uploaded_bytes - s0.uploaded_bytes)
         run.inc_uploaded.append(s2.uploaded_bytes - s1.uploaded_bytes)
         run.inc_chunks.append(s2.chunks_uploaded - s1.chunks_uploaded)
@@ -344,7 +375,7 @@ class Bench:
         run.prefix, run.manifest = self.prefix(name), m  # type: ignore[assignment]
 
     def write_bytes(self, data: bytes, samples: Samples, r: int) -> None:
-        repo = open_repo(self.url(f"random-off-bytes-r{r}"), False, self.args.concurrency)
+        repo = open_repo(self.url(f"random-off-bytes-r{r}"), False, self.opts)
         try:
             samples.add(lambda: repo.commit(repo.write({"data": data}, meta(1))))
         finally:
@@ -353,11 +384,11 @@ class Bench:
     def reopened_incremental(self, run: ConfigRun, changed: Path) -> dict[str, Any]:
         """The changed part again, from a newly opened repository (as a restarted worker
         that has not read its last checkpoint back): what does dedup cost then?"""
-        repo = open_repo(store_url(self.ep, run.prefix), run.on, self.args.concurrency)
+        repo = open_repo(store_url(self.ep, run.prefix), run.on, self.opts)
         try:
             s0 = repo.stats()
             began = time.perf_counter()
-            repo.commit(repo.write({"data": changed}, meta(3)))
+            repo.commit(repo.write({"data": changed}, meta(4)))
             took = time.perf_counter() - began
             s1 = repo.stats()
         finally:
@@ -371,7 +402,9 @@ class Bench:
 
     def dataset_writes(self, dataset: str, path: Path) -> list[ConfigRun]:
         changed = path.with_name(path.name + ".changed")
-        changed_bytes = modified_copy(path, changed, INC_REGIONS, seed=7)
+        changed_bytes = modified_copy(path, changed, self.args.inc_regions, seed=7)
+        scattered = path.with_name(path.name + ".scattered")
+        modified_copy(path, scattered, self.args.scattered_regions, seed=8)
         raw = Samples()
         runs = [ConfigRun(dataset, on=False), ConfigRun(dataset, on=True)]
         in_memory = Samples()
@@ -380,7 +413,7 @@ class Bench:
             # Interleaved, so that drift on the shared machine hits every configuration.
             raw.add(lambda: upload_raw(self.client, self.ep.bucket, self.raw_key(dataset), path))
             for run in runs:
-                self.first_and_incremental(run, path, changed, r)
+                self.first_and_incremental(run, path, (changed, scattered), r)
             if data is not None:
                 self.write_bytes(data, in_memory, r)
             self.log(
@@ -397,6 +430,7 @@ class Bench:
         if dataset == "random":
             self.extra["reopened_incremental"] = self.reopened_incremental(runs[0], changed)
         changed.unlink()
+        scattered.unlink()
         self.write_rows(dataset, raw, runs, in_memory)
         return runs
 
@@ -453,6 +487,23 @@ class Bench:
         )
 
     def incremental_rows(self, runs: list[ConfigRun]) -> None:
+        regions = self.args.scattered_regions
+        for run in runs:
+            pct = 100 * statistics.median(run.scattered_uploaded) / self.size
+            self.rows.append(
+                Row(
+                    kind="incremental",
+                    name=f"incremental {run.label} ({regions} regions)",
+                    value=f"{pct:5.2f}% of bytes",
+                    baseline=f"{100 * run.scattered.best / run.first.best:5.1f}% of time",
+                    target="",
+                    passed=None,
+                    data={
+                        "uploaded_bytes": run.scattered_uploaded,
+                        "incremental": run.scattered.json(self.size),
+                    },
+                )
+            )
         for run in runs:
             uploaded = statistics.median(run.inc_uploaded)
             pct_bytes = 100 * uploaded / self.size
@@ -461,7 +512,8 @@ class Bench:
             self.rows.append(
                 Row(
                     kind="incremental",
-                    name=f"incremental {run.label}",
+                    name=f"incremental {run.label} ({self.args.inc_regions} region"
+                    + ("s)" if self.args.inc_regions > 1 else ")"),
                     value=f"{pct_bytes:5.2f}% of bytes",
                     baseline=f"{pct_time:5.1f}% of time",
                     target=f"<= {INC_BYTES_TARGET:.0f}%, <= {INC_TIME_TARGET:.0f}%",
@@ -484,14 +536,18 @@ class Bench:
         dataset = runs[0].dataset
         expected = path.read_bytes()
         raw_mem, raw_file = Samples(), Samples()
+        fsyncs: list[float] = []
         lib = {(run.on, kind): Samples() for run in runs for kind in ("read", "restore")}
-        repos = {run.on: open_repo(store_url(self.ep, run.prefix), run.on, 8) for run in runs}
+        repos = {
+            run.on: open_repo(store_url(self.ep, run.prefix), run.on, self.opts) for run in runs
+        }
         out = self.tmp / "restored"
         key = self.raw_key(dataset)
         try:
             for r in range(self.args.repeats):
                 raw_mem.add(lambda: download_raw_memory(self.client, self.ep.bucket, key))
                 raw_file.add(lambda: download_raw_file(self.client, self.ep.bucket, key, out))
+                fsyncs.append(fsync_time(out))
                 out.unlink()
                 for run in runs:
                     repo, m = repos[run.on], run.manifest
@@ -510,6 +566,8 @@ class Bench:
         finally:
             for repo in repos.values():
                 repo.close()
+        # restore_part fsyncs the file it writes; the baseline does not. What that costs:
+        self.extra.setdefault("fsync_of_restored_file_s", {})[dataset] = min(fsyncs)
         for run in runs:
             target = None if run.on else READ_TARGET
             for kind, raw in (("read", raw_mem), ("restore", raw_file)):
@@ -528,7 +586,7 @@ class Bench:
                     "store_url": self.url(f"rss-{'on' if on else 'off'}-r{r}"),
                     "file": str(path),
                     "on": on,
-                    "concurrency": self.args.concurrency,
+                    "opts": self.opts,
                 }
                 proc = subprocess.run(
                     [sys.executable, __file__, "--rss-child", json.dumps(job)],
@@ -557,7 +615,7 @@ class Bench:
 
 def rss_child(job: dict[str, Any]) -> None:
     """In a fresh process: open, then write the file part while sampling RSS every 5 ms."""
-    repo = open_repo(job["store_url"], job["on"], job["concurrency"])
+    repo = open_repo(job["store_url"], job["on"], job["opts"])
     proc = psutil.Process()
     gc.collect()
     before = proc.memory_info().rss
@@ -696,7 +754,8 @@ def run(args: argparse.Namespace, ep: Endpoint, tmp: Path) -> dict[str, Any]:
         "params": {
             "size_bytes": size,
             "repeats": args.repeats,
-            "concurrency": args.concurrency,
+            "config": repo_options(args),
+            "incremental_regions": args.inc_regions,
             "statistic": "best of repeats (all samples kept)",
             "endpoint": "SeaweedFS started by the script" if ep.started_here else ep.url,
             "write_timing": "write() + commit()",
@@ -719,6 +778,16 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--region", default="us-east-1")
     p.add_argument("--tmp-dir", type=Path, default=None, help="where part files go")
     p.add_argument("--no-rss", action="store_true", help="skip the RSS subprocesses")
+    p.add_argument("--inc-regions", type=int, default=1, help="the 1%% change as this many runs")
+    p.add_argument(
+        "--scattered-regions",
+        type=int,
+        default=10,
+        help="the second, informative 1%% change as this many runs",
+    )
+    p.add_argument(
+        "--chunk-avg-kib", type=int, default=None, help="chunk size (min avg/4, max avg*4)"
+    )
     p.add_argument("--no-bytes", action="store_true", help="skip the bytes-in-memory write")
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     return p.parse_args()
@@ -751,6 +820,12 @@ def main() -> int:
             f"\nincremental from a reopened repository (random, off): uploaded {pct:.1f}% "
             f"of the part in {reo['seconds']:.2f} s ({reo['chunks_uploaded']} chunks sent, "
             f"{reo['chunks_created']} new)"
+        )
+    fsync = report["extra"].get("fsync_of_restored_file_s", {})
+    if fsync:
+        print(
+            "restore_part fsyncs the restored file, the download_fileobj baseline does not; "
+            "fsync alone took " + ", ".join(f"{k} {v:.2f} s" for k, v in fsync.items())
         )
     print(f"\ntotal {report['elapsed_s']:.0f} s; JSON in {args.json}")
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -36,9 +36,10 @@ def test_s3_put_get(s3_client: S3Client, services: Any) -> None:
 
 
 def test_s3_credentials_come_from_environment(s3_endpoint: str, services: Any) -> None:
-    # No keys passed: the boto3 chain must find the ones the fixture exported,
-    # as the library's own clients will.
-    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    # No keys passed: the boto3 chain must find the ones the fixture exported, as the
+    # library's own clients will. A new Session, as the library makes: boto3's default
+    # session caches whatever credentials an earlier test's environment had.
+    client = boto3.session.Session().client("s3", endpoint_url=s3_endpoint)
     try:
         key = _key()
         client.put_object(Bucket=services.bucket, Key=key, Body=b"env")

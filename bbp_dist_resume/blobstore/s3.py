@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import threading
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
 import botocore.exceptions as bexc
+import urllib3
 from botocore.config import Config
+from botocore.retries.standard import ExponentialBackoff, RetryContext
 
 from bbp_dist_resume.blobstore.base import ObjectInfo, StoreProperties, check_key, check_prefix
+from bbp_dist_resume.blobstore.s3_fastget import FastGetter
 from bbp_dist_resume.errors import (
     BucketNotFound,
     ObjectNotFound,
@@ -41,6 +46,8 @@ _PRECONDITION = {"PreconditionFailed", "412"}
 # AWS answers 409 while another conditional write to the same key is in flight.
 _CONFLICT = {"ConditionalRequestConflict", "409"}
 _CONFLICT_ATTEMPTS = 5
+_BACKOFF = ExponentialBackoff()
+_TRANSIENT_CODES = {"InternalError", "SlowDown", "ServiceUnavailable", "RequestTimeout"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -60,6 +67,8 @@ class S3Settings:
         max_attempts: total attempts per request, first try included.
         max_pool_connections: size of the HTTP connection pool (>= upload concurrency).
         connect_timeout, read_timeout: seconds.
+        fast_get: whole-object GETs through the lean path of ``s3_fastget`` (falling
+            back to botocore on anything unexpected); off for "auto" addressing.
     """
 
     bucket: str
@@ -74,6 +83,7 @@ class S3Settings:
     max_pool_connections: int = 16
     connect_timeout: float = 10.0
     read_timeout: float = 60.0
+    fast_get: bool = True
 
 
 class S3BlobStore:
@@ -82,7 +92,12 @@ class S3BlobStore:
     def __init__(self, settings: S3Settings, *, client: S3Client | None = None) -> None:
         self._s = settings
         self._prefix = settings.prefix.strip("/") + "/" if settings.prefix.strip("/") else ""
-        self._client: S3Client = client or _make_client(settings)
+        self._fast: FastGetter | None = None
+        self._retry_client: S3Client | None = None
+        self._retry_lock = threading.Lock()
+        if client is None:
+            client, self._fast = _make_client(settings)
+        self._client: S3Client = client
 
     @property
     def properties(self) -> StoreProperties:
@@ -137,7 +152,25 @@ class S3BlobStore:
         self._client.put_object(Bucket=self._s.bucket, Key=self._k(key), Body=data, **extra)
 
     def get(self, key: str) -> bytes:
+        if self._fast is not None:
+            data = self._fast.get(self._k(key))
+            if isinstance(data, bytes):
+                return data
+            if data == "transient":
+                return self._get_after_failed_try(key)
         return self._get(key, None)
+
+    def _get_after_failed_try(self, key: str) -> bytes:
+        """The lean try was a real attempt: spend only the attempts left, after botocore's
+        own first backoff (jittered, up to a second)."""
+        if self._s.max_attempts <= 1:
+            raise StoreUnavailable("S3 GET failed on its only attempt", key=key)
+        with self._retry_lock:
+            if self._retry_client is None:
+                fewer = replace(self._s, max_attempts=self._s.max_attempts - 1, fast_get=False)
+                self._retry_client = _make_client(fewer)[0]
+        time.sleep(_BACKOFF.delay_amount(RetryContext(attempt_number=1)))
+        return self._get(key, None, self._retry_client)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if start < 0 or length < 0:
@@ -151,14 +184,13 @@ class S3BlobStore:
         if self.head(key) is None:
             raise ObjectNotFound("no such object", key=key)
 
-    def _get(self, key: str, byte_range: str | None) -> bytes:
+    def _get(self, key: str, byte_range: str | None, client: S3Client | None = None) -> bytes:
+        client = client or self._client
         try:
             if byte_range:
-                resp = self._client.get_object(
-                    Bucket=self._s.bucket, Key=self._k(key), Range=byte_range
-                )
+                resp = client.get_object(Bucket=self._s.bucket, Key=self._k(key), Range=byte_range)
             else:
-                resp = self._client.get_object(Bucket=self._s.bucket, Key=self._k(key))
+                resp = client.get_object(Bucket=self._s.bucket, Key=self._k(key))
             return resp["Body"].read()
         except bexc.ClientError as exc:
             if _code(exc) == "InvalidRange":
@@ -203,17 +235,17 @@ class S3BlobStore:
                 raise _translate(exc, None) from exc
             errors = [e for e in resp.get("Errors", []) if e.get("Code") not in _NOT_FOUND]
             if errors:
-                first = errors[0]
-                raise StoreError(
-                    f"{len(errors)} deletes failed, first: {first.get('Code')}",
-                    key=first.get("Key"),
-                )
+                raise _delete_error(errors, len(self._prefix))
 
     def close(self) -> None:
+        if self._fast is not None:
+            self._fast.close()
+        if self._retry_client is not None:
+            self._retry_client.close()
         self._client.close()
 
 
-def _make_client(s: S3Settings) -> S3Client:
+def _make_client(s: S3Settings) -> tuple[S3Client, FastGetter | None]:
     config = Config(
         region_name=s.region,
         signature_version="s3v4",
@@ -226,9 +258,31 @@ def _make_client(s: S3Settings) -> S3Client:
         s3={"addressing_style": s.addressing_style, "payload_signing_enabled": s.payload_signing},
     )
     try:
-        return boto3.session.Session().client("s3", endpoint_url=s.endpoint_url, config=config)
+        session = boto3.session.Session()
+        client = session.client("s3", endpoint_url=s.endpoint_url, config=config)
+        credentials = session.get_credentials()
     except (bexc.BotoCoreError, ValueError) as exc:
         raise StoreError(f"cannot create the S3 client: {exc}") from exc
+    if not s.fast_get or credentials is None or s.addressing_style == "auto":
+        return client, None  # "auto" leaves the URL form to botocore
+    fast = FastGetter(
+        client,
+        credentials,
+        bucket=s.bucket,
+        virtual=s.addressing_style == "virtual",
+        pool_size=s.max_pool_connections,
+        timeout=urllib3.Timeout(connect=s.connect_timeout, read=s.read_timeout),
+    )
+    return client, fast
+
+
+def _delete_error(errors: list[Any], prefix_len: int) -> StoreError:
+    """One error for a DeleteObjects answer's per-key failures, naming the store key."""
+    first = errors[0]
+    code = str(first.get("Code", ""))
+    key = str(first.get("Key", ""))[prefix_len:] or None
+    kind = StoreUnavailable if code in _TRANSIENT_CODES else StoreError
+    return kind(f"{len(errors)} deletes failed, first: {code}", key=key)
 
 
 def _code(exc: bexc.ClientError) -> str:

@@ -3,7 +3,8 @@
 S3 query parameters (all optional): ``endpoint_url``, ``region``, ``addressing_style``
 (auto|path|virtual), ``checksum`` (when_supported|when_required), ``payload_signing``
 (true|false), ``retry_mode`` (standard|adaptive), ``max_attempts``, ``connect_timeout``,
-``read_timeout``. Anything else is an error, so a typo is never silently ignored.
+``read_timeout``, ``fast_get`` (true|false). Anything else is an error, so a typo is
+never silently ignored.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ _CHOICES = {
 }
 _INTS = {"max_attempts": (1, 20)}
 _FLOATS = {"connect_timeout": (0.1, 600.0), "read_timeout": (0.1, 3600.0)}
-_BOOLS = {"payload_signing"}
+_BOOLS = {"payload_signing", "fast_get"}
 
 
 def open_store(url: str, *, concurrency: int = 8) -> BlobStore:

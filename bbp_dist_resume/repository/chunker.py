@@ -20,22 +20,24 @@ class ChunkerParams:
     seed: int = 0
 
 
-def chunks_of_bytes(data: bytes, params: ChunkerParams) -> Iterator[bytes]:
-    """Yield the chunks of ``data`` (a single empty chunk is never yielded)."""
+def chunks_of_bytes(data: bytes, params: ChunkerParams) -> Iterator[memoryview]:
+    """Yield views of the chunks of ``data`` (an empty chunk is never yielded)."""
     if not data:
         return
     view = memoryview(data)
     for ch in _cdc(params).cut_buf(view):
-        yield bytes(ch.data)
+        yield ch.data
 
 
-def chunks_of_file(path: str | os.PathLike[str], params: ChunkerParams) -> Iterator[bytes]:
-    """Yield the chunks of a file, reading it in bounded pieces (no mmap, no full read),
-    so memory stays at a few chunks whatever the file's size."""
+def chunks_of_file(path: str | os.PathLike[str], params: ChunkerParams) -> Iterator[memoryview]:
+    """Yield views of the chunks of a file, reading it in bounded pieces (no mmap, no
+    full read), so memory stays at a few chunks whatever the file's size.
+
+    Each view is valid only until the next chunk is asked for: copy what you keep.
+    """
     with open(path, "rb", buffering=0) as f:
         for ch in _cdc(params).cut_stream(f):
-            # The view is only valid until the next chunk: copy it out.
-            yield bytes(ch.data)
+            yield ch.data
 
 
 def _cdc(params: ChunkerParams) -> pyfastcdc.FastCDC:

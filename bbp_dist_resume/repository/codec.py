@@ -8,7 +8,6 @@ the size the caller expects, so a small object cannot expand into a memory bomb.
 
 from __future__ import annotations
 
-import io
 import os
 import struct
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ _NO_NONCE = bytes(NONCE_LEN)
 # Keep compressed output only if it saves at least this fraction: random data then costs
 # no decompression on read, and the flag tells the reader which it got.
 _MIN_SAVING = 0.03
+_SAMPLE = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,9 @@ class KeyLookup:
         return None
 
 
-def encode(plaintext: bytes, *, store_key: str, level: int | None, seal: SealKey | None) -> bytes:
+def encode(
+    plaintext: bytes | memoryview, *, store_key: str, level: int | None, seal: SealKey | None
+) -> bytes:
     """Encode one object.
 
     Args:
@@ -68,13 +70,23 @@ def encode(plaintext: bytes, *, store_key: str, level: int | None, seal: SealKey
     return header + seal.aead.encrypt(nonce, body, header + store_key.encode())
 
 
-def _compress(plaintext: bytes, level: int | None) -> tuple[int, bytes]:
+def _compress(plaintext: bytes | memoryview, level: int | None) -> tuple[int, bytes | memoryview]:
     if level is None or len(plaintext) < 64:
         return 0, plaintext
-    packed = zstandard.ZstdCompressor(level=level, write_content_size=True).compress(plaintext)
-    if len(packed) <= len(plaintext) * (1 - _MIN_SAVING):
+    cctx = zstandard.ZstdCompressor(level=level, write_content_size=True)
+    # Random-looking data (already compressed, encrypted): a sample tells, and saves
+    # compressing a whole chunk into a buffer that would be thrown away.
+    sample = plaintext[:_SAMPLE]
+    if len(plaintext) > 4 * _SAMPLE and not _saves(len(cctx.compress(sample)), _SAMPLE):
+        return 0, plaintext
+    packed = cctx.compress(plaintext)
+    if _saves(len(packed), len(plaintext)):
         return FLAG_COMPRESSED, packed
     return 0, plaintext
+
+
+def _saves(packed_size: int, size: int) -> bool:
+    return packed_size <= size * (1 - _MIN_SAVING)
 
 
 def decode(
@@ -84,7 +96,7 @@ def decode(
     max_size: int,
     keys: KeyLookup,
     require_encrypted: bool,
-) -> bytes:
+) -> bytes | memoryview:
     """Decode one object written by :func:`encode`.
 
     Args:
@@ -105,7 +117,8 @@ def decode(
         raise IntegrityError("not a bbp object (bad magic)", key=store_key)
     if fmt != FORMAT or flags & ~(FLAG_COMPRESSED | FLAG_ENCRYPTED):
         raise IntegrityError(f"unsupported object format {fmt} flags {flags:#x}", key=store_key)
-    body = blob[HEADER_LEN:]
+    # A view, not a slice: a chunk's bytes are copied as few times as possible.
+    body: bytes | memoryview = memoryview(blob)[HEADER_LEN:]
     if flags & FLAG_ENCRYPTED:
         body = _open(blob, store_key, keys)
     elif require_encrypted:
@@ -128,7 +141,8 @@ def _open(blob: bytes, store_key: str, keys: KeyLookup) -> bytes:
             key=store_key,
         )
     try:
-        return seal.aead.decrypt(nonce, blob[HEADER_LEN:], blob[:HEADER_LEN] + store_key.encode())
+        aad = blob[:HEADER_LEN] + store_key.encode()
+        return seal.aead.decrypt(nonce, memoryview(blob)[HEADER_LEN:], aad)
     except InvalidTag:
         raise DecryptionError(
             "authentication failed: wrong key, or the object was altered or moved",
@@ -136,10 +150,10 @@ def _open(blob: bytes, store_key: str, keys: KeyLookup) -> bytes:
         ) from None
 
 
-def _decompress(body: bytes, max_size: int, store_key: str) -> bytes:
+def _decompress(body: bytes | memoryview, max_size: int, store_key: str) -> bytes:
     # A stream reader reads at most max_size + 1 bytes whatever the frame header claims.
     try:
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(body))
+        reader = zstandard.ZstdDecompressor().stream_reader(body)
         out = reader.read(max_size + 1)
     except zstandard.ZstdError as exc:
         raise IntegrityError(f"corrupt compressed data: {exc}", key=store_key) from None

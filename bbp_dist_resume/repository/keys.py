@@ -205,7 +205,7 @@ def _parse_key_object(blob: bytes, store_key: str) -> _KeyObject:
         require_encrypted=False,
     )
     try:
-        obj = _KeyObject.model_validate_json(body)
+        obj = _KeyObject.model_validate_json(bytes(body))
     except ValidationError:
         raise IntegrityError("malformed key object", key=store_key) from None
     if store_key != KEYS_PREFIX + obj.key_id:

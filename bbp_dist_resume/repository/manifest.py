@@ -29,7 +29,7 @@ from pydantic import (
 )
 
 from bbp_dist_resume.errors import InvalidIdentifier, ManifestError
-from bbp_dist_resume.ids import check_id
+from bbp_dist_resume.ids import check_id, check_seq
 
 MANIFEST_VERSION = 1
 MAX_PART_SIZE = 1 << 50
@@ -156,13 +156,15 @@ _RECORD = TypeAdapter(Record)
 
 
 def record_prefix(operation_id: str, worker_id: str) -> str:
-    """The store prefix of one worker's commit records."""
-    return f"checkpoints/{operation_id}/{worker_id}/"
+    """The store prefix of one worker's commit records. Raises ``InvalidIdentifier``."""
+    return (
+        f"checkpoints/{check_id(operation_id, 'operation id')}/{check_id(worker_id, 'worker id')}/"
+    )
 
 
 def record_key(operation_id: str, worker_id: str, seq: int) -> str:
     """``checkpoints/<op>/<worker>/<seq:010d>``: zero-padded so key order is seq order."""
-    return f"{record_prefix(operation_id, worker_id)}{seq:010d}"
+    return f"{record_prefix(operation_id, worker_id)}{check_seq(seq):010d}"
 
 
 def new_token() -> str:

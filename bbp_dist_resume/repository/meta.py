@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from pydantic import ValidationError
 
@@ -41,6 +42,12 @@ class CheckpointMeta:
     produced: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Own copies: a caller changing its dict later must not change this checkpoint.
+        for name in ("custom_metadata", "consumed", "produced"):
+            value = getattr(self, name)
+            if not isinstance(value, Mapping):
+                raise InvalidCheckpoint(f"invalid checkpoint metadata: {name} must be a mapping")
+            object.__setattr__(self, name, MappingProxyType(dict(value)))
         check_id(self.operation_id, "operation id")
         check_id(self.worker_id, "worker id")
         check_id(self.stage, "stage name")

@@ -37,17 +37,22 @@ class ObjectCodec:
     def encrypted(self) -> bool:
         return self._ring is not None
 
-    def chunk_id(self, data: bytes) -> ChunkId:
+    @property
+    def plain(self) -> bool:
+        """Objects are stored as header + plaintext (no compression, no encryption)."""
+        return self._ring is None and self._level is None
+
+    def chunk_id(self, data: bytes | memoryview) -> ChunkId:
         """The id a chunk gets when written now (keyed by the writer's data key)."""
         return ChunkId.of(data, None if self._ring is None else self._ring.writer.id_key)
 
-    def seal_chunk(self, cid: ChunkId, data: bytes) -> bytes:
+    def seal_chunk(self, cid: ChunkId, data: bytes | memoryview) -> bytes:
         return encode(data, store_key=cid.store_key, level=self._level, seal=self._seal())
 
     def _seal(self) -> SealKey | None:
         return None if self._ring is None else self._ring.writer.seal
 
-    def get_chunk(self, ref: ChunkRef) -> bytes:
+    def get_chunk(self, ref: ChunkRef) -> bytes | memoryview:
         """Read, open and verify one chunk; one re-read on a mismatch, as restic does."""
         cid = ChunkId.parse(ref.id)
         try:
@@ -55,7 +60,7 @@ class ObjectCodec:
         except IntegrityError:
             return self._open_chunk(cid, ref.size, self._store.get(cid.store_key))
 
-    def _open_chunk(self, cid: ChunkId, size: int, blob: bytes) -> bytes:
+    def _open_chunk(self, cid: ChunkId, size: int, blob: bytes) -> bytes | memoryview:
         data = decode(
             blob,
             store_key=cid.store_key,
@@ -90,4 +95,4 @@ class ObjectCodec:
             keys=self._keys,
             require_encrypted=self.encrypted,
         )
-        return parse_record(body, store_key)
+        return parse_record(bytes(body), store_key)

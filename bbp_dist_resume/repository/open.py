@@ -6,7 +6,8 @@ import logging
 
 from bbp_dist_resume.blobstore import BlobStore, S3BlobStore, open_store
 from bbp_dist_resume.config import CheckpointConfig
-from bbp_dist_resume.repository.keys import KeyRing
+from bbp_dist_resume.errors import EncryptionKeyError
+from bbp_dist_resume.repository.keys import KEYS_PREFIX, KeyRing
 from bbp_dist_resume.repository.objects import ObjectCodec
 from bbp_dist_resume.repository.repository import Repository, RepositoryOptions
 from bbp_dist_resume.repository.storeconfig import load_or_create
@@ -46,6 +47,11 @@ def open_on_store(store: BlobStore, config: CheckpointConfig) -> Repository:
     ):
         log.info("using the store's chunk sizes %s, not the configured ones", chunker)
     keyring = None
+    if not config.enable_encryption and next(iter(store.list(KEYS_PREFIX)), None):
+        # Refused here, not at the first read: writing plaintext into it would leak.
+        raise EncryptionKeyError(
+            "the store is encrypted: set enable_encryption and encryption_key to open it"
+        )
     if config.enable_encryption:
         secrets = [config.secret_key() or ""] + [
             k.get_secret_value() for k in config.decryption_keys

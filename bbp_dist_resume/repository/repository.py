@@ -16,8 +16,10 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from bbp_dist_resume.blobstore import BlobStore
-from bbp_dist_resume.errors import CommitConflict, ManifestError, ObjectNotFound
+from bbp_dist_resume.errors import CommitConflict, IntegrityError, InvalidCheckpoint, ObjectNotFound
 from bbp_dist_resume.ids import check_id
 from bbp_dist_resume.repository import restore
 from bbp_dist_resume.repository.chunker import ChunkerParams, chunks_of_bytes, chunks_of_file
@@ -88,35 +90,34 @@ class Repository:
             InvalidIdentifier: a part name or an id in ``meta`` is invalid.
             StoreError: an upload failed (chunks already written stay, unreferenced).
         """
-        names = {check_id(name, "part name"): part for name, part in parts.items()}
-        refs = {name: self._write_part(part) for name, part in names.items()}
+        # Every part is checked before the first byte is uploaded.
+        checked = {check_id(name, "part name"): _check_part(part) for name, part in parts.items()}
+        refs = {name: self._write_part(part) for name, part in checked.items()}
         return meta.manifest(refs, write_id=new_token())
 
-    def _write_part(self, part: Part) -> PartRef:
-        if isinstance(part, bytes | bytearray | memoryview):
-            data = bytes(part)
-            if len(data) <= self._opt.inline_threshold:
-                self._stats.add_logical(len(data))
-                return restore.inline_part(data)
-            return self._upload(chunks_of_bytes(data, self._opt.chunker))
-        path = Path(part)
-        if path.stat().st_size <= self._opt.inline_threshold:
-            return self._write_part(path.read_bytes())
-        return self._upload(chunks_of_file(path, self._opt.chunker))
+    def _write_part(self, part: bytes | Path) -> PartRef:
+        if isinstance(part, Path):
+            if part.stat().st_size > self._opt.inline_threshold:
+                return self._upload(chunks_of_file(part, self._opt.chunker))
+            part = part.read_bytes()
+        if len(part) <= self._opt.inline_threshold:
+            self._stats.add_logical(len(part))
+            return restore.inline_part(part)
+        return self._upload(chunks_of_bytes(part, self._opt.chunker))
 
-    def _upload(self, chunks: Iterator[bytes]) -> PartRef:
-        # At most 2 x concurrency chunks in flight, so memory is bounded by the chunk size.
-        window = threading.BoundedSemaphore(2 * self._opt.concurrency)
+    def _upload(self, chunks: Iterator[memoryview]) -> PartRef:
+        # At most concurrency + 2 chunks in flight, so memory is bounded by the chunk size.
+        window = threading.BoundedSemaphore(self._opt.concurrency + 2)
         waits: list[Future[None]] = []
         refs: list[ChunkRef] = []
         try:
-            for data in chunks:
+            for view in chunks:
                 if any(f.done() and f.exception() for f in waits[-4:]):
                     break  # an upload failed: stop cutting, report it below
-                cid = self._codec.chunk_id(data)
-                refs.append(ChunkRef(id=cid.hex, size=len(data)))
-                self._stats.add_chunk(len(data))
-                fut = self._schedule(cid, data, window)
+                cid = self._codec.chunk_id(view)
+                refs.append(ChunkRef(id=cid.hex, size=len(view)))
+                self._stats.add_chunk(len(view))
+                fut = self._schedule(cid, view, window)
                 if fut is not None:
                     waits.append(fut)
         finally:
@@ -126,7 +127,7 @@ class Repository:
         return PartRef(size=sum(r.size for r in refs), chunks=tuple(refs))
 
     def _schedule(
-        self, cid: ChunkId, data: bytes, window: threading.BoundedSemaphore
+        self, cid: ChunkId, view: memoryview, window: threading.BoundedSemaphore
     ) -> Future[None] | None:
         """Start uploading ``cid`` unless it is known present; return what to wait for.
 
@@ -144,13 +145,19 @@ class Repository:
             done: Future[None] = Future()
             self._inflight[cid.hex] = done
         window.acquire()
-        task = self._pool.submit(self._put_chunk, cid, data)
+        # The view dies with the next chunk, so copy it now, exactly once: stored as is,
+        # it becomes the blob; else the worker thread compresses or seals the copy.
+        sealed = self._codec.plain
+        payload = self._codec.seal_chunk(cid, view) if sealed else bytes(view)
+        task = self._pool.submit(self._put_chunk, cid, payload, sealed)
         task.add_done_callback(lambda t: self._settle(cid, t, done, window))
         return done
 
-    def _put_chunk(self, cid: ChunkId, data: bytes) -> None:
-        blob = self._codec.seal_chunk(cid, data)
-        self._stats.add_upload(len(blob), self._store.put_if_absent(cid.store_key, blob))
+    def _put_chunk(self, cid: ChunkId, payload: bytes, sealed: bool) -> None:
+        blob = payload if sealed else self._codec.seal_chunk(cid, payload)
+        created = self._store.put_if_absent(cid.store_key, blob)
+        # A refused create-only PUT sends no body (Expect: 100-continue): count only new.
+        self._stats.add_upload(len(blob) if created else 0, created)
 
     def _settle(
         self,
@@ -198,18 +205,10 @@ class Repository:
         From then on no earlier owner can commit: its next seq is taken. A lost race
         (another owner claimed the same seq) lists again and claims the next.
         """
+        record_prefix(operation_id, worker_id)  # ids first: InvalidIdentifier
         for _ in range(_TAKEOVER_ATTEMPTS):
             seq = self.latest_seq(operation_id, worker_id) + 1
-            record = TakeoverRecord(
-                version=1,
-                operation_id=operation_id,
-                worker_id=worker_id,
-                seq=seq,
-                owner_token=owner_token,
-                fence=fence,
-                write_id=new_token(),
-                created_at=utcnow(),
-            ).sealed()
+            record = _takeover_record(operation_id, worker_id, seq, owner_token, fence)
             if self._create_record(record):
                 return record
         raise CommitConflict(operation_id, worker_id, seq)
@@ -220,8 +219,8 @@ class Repository:
         # Refused: either another writer's record, or our own retried request that landed.
         try:
             existing = self._codec.get_record(record.store_key)
-        except ManifestError:
-            return False  # the slot holds something that is not ours
+        except IntegrityError:
+            return False  # the slot holds something that is not ours, readable or not
         return existing.write_id == record.write_id
 
     def record_seqs(self, operation_id: str, worker_id: str) -> list[int]:
@@ -298,3 +297,38 @@ class Repository:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _check_part(part: object) -> bytes | Path:
+    """A part as bytes or as the path of a readable regular file, else InvalidCheckpoint."""
+    if isinstance(part, bytes | bytearray | memoryview):
+        return bytes(part)
+    if not isinstance(part, os.PathLike):
+        raise InvalidCheckpoint(
+            f"a part must be bytes or an os.PathLike file path, not {type(part).__name__}"
+        )
+    path = Path(part)
+    if not path.is_file() or not os.access(path, os.R_OK):
+        raise InvalidCheckpoint(f"part file {str(path)!r} is not a readable regular file")
+    return path
+
+
+def _takeover_record(
+    operation_id: str, worker_id: str, seq: int, owner_token: str, fence: int
+) -> TakeoverRecord:
+    try:
+        record = TakeoverRecord(
+            version=1,
+            operation_id=operation_id,
+            worker_id=worker_id,
+            seq=seq,
+            owner_token=owner_token,
+            fence=fence,
+            write_id=new_token(),
+            created_at=utcnow(),
+        )
+    except ValidationError as exc:
+        err = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InvalidCheckpoint(f"invalid takeover: {where}: {err['msg']}") from None
+    return record.sealed()

@@ -32,12 +32,12 @@ def select_parts(manifest: CheckpointRecord, names: list[str] | None) -> dict[st
 
 def iter_part(
     pool: ThreadPoolExecutor, codec: ObjectCodec, part: PartRef, window: int
-) -> Iterator[bytes]:
+) -> Iterator[bytes | memoryview]:
     """Yield a part's chunks in order, fetching up to ``window`` ahead in parallel."""
     if part.inline is not None:
         yield inline_bytes(part)
         return
-    pending: deque[Future[bytes]] = deque()
+    pending: deque[Future[bytes | memoryview]] = deque()
     refs = iter(part.chunks)
     try:
         for ref in refs:

@@ -130,7 +130,7 @@ def _parse(blob: bytes) -> StoreConfig:
         require_encrypted=False,
     )
     try:
-        raw = json.loads(body)
+        raw = json.loads(bytes(body))
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ManifestError("the store's config object is not JSON", key=CONFIG_KEY) from None
     if (
