@@ -148,13 +148,17 @@ class Repository:
         # The view dies with the next chunk, so copy it now, exactly once: stored as is,
         # it becomes the blob; else the worker thread compresses or seals the copy.
         sealed = self._codec.plain
-        payload = self._codec.seal_chunk(cid, view) if sealed else bytes(view)
-        task = self._pool.submit(self._put_chunk, cid, payload, sealed)
+        box = [self._codec.seal_chunk(cid, view) if sealed else bytes(view)]
+        task = self._pool.submit(self._put_chunk, cid, box, sealed)
         task.add_done_callback(lambda t: self._settle(cid, t, done, window))
         return done
 
-    def _put_chunk(self, cid: ChunkId, payload: bytes, sealed: bool) -> None:
+    def _put_chunk(self, cid: ChunkId, box: list[bytes], sealed: bool) -> None:
+        # Taken out of its box so that the plaintext is freed once sealed, not held by
+        # the executor's work item for as long as the upload takes.
+        payload = box.pop()
         blob = payload if sealed else self._codec.seal_chunk(cid, payload)
+        del payload
         created = self._store.put_if_absent(cid.store_key, blob)
         # A refused create-only PUT sends no body (Expect: 100-continue): count only new.
         self._stats.add_upload(len(blob) if created else 0, created)

@@ -7,11 +7,11 @@ import os
 import secrets
 from collections import deque
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from bbp_dist_resume.errors import InvalidIdentifier, StoreError
-from bbp_dist_resume.repository.manifest import CheckpointRecord, PartRef, inline_bytes
+from bbp_dist_resume.repository.manifest import CheckpointRecord, ChunkRef, PartRef, inline_bytes
 from bbp_dist_resume.repository.objects import ObjectCodec
 
 
@@ -59,18 +59,55 @@ def read_part(pool: ThreadPoolExecutor, codec: ObjectCodec, part: PartRef, windo
 def part_to_file(
     pool: ThreadPoolExecutor, codec: ObjectCodec, part: PartRef, path: Path, window: int
 ) -> None:
-    """Stream a part to ``path``: a temporary file beside it, fsynced, then renamed."""
+    """Restore a part to ``path``: a temporary file beside it, fsynced, then renamed.
+
+    Each worker thread writes its chunk at its offset (``pwrite``), so fetching, checking
+    and writing all run in parallel and the file is never held in memory.
+    """
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            for data in iter_part(pool, codec, part, window):
-                f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            _fill(pool, codec, part, fd, window)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, path)
     except OSError as exc:
         raise StoreError(f"cannot write restored part to {str(path)!r}: {exc.strerror}") from exc
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _fill(
+    pool: ThreadPoolExecutor, codec: ObjectCodec, part: PartRef, fd: int, window: int
+) -> None:
+    if part.inline is not None:
+        _pwrite_all(fd, inline_bytes(part), 0)
+        return
+    pending: deque[Future[None]] = deque()
+    offset = 0
+    try:
+        for ref in part.chunks:
+            pending.append(pool.submit(_fetch_at, codec, ref, fd, offset))
+            offset += ref.size
+            if len(pending) >= window:
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+    finally:
+        for fut in pending:
+            fut.cancel()
+        wait(pending)  # no write may land after the file is closed
+
+
+def _fetch_at(codec: ObjectCodec, ref: ChunkRef, fd: int, offset: int) -> None:
+    _pwrite_all(fd, codec.get_chunk(ref), offset)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written

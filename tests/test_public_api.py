@@ -1,0 +1,57 @@
+"""The public names are those of ``__all__``, pinned here so a change is deliberate."""
+
+from __future__ import annotations
+
+import bbp_dist_resume
+from bbp_dist_resume import errors
+
+EXPECTED = {
+    "BBPError",
+    "BucketNotFound",
+    "CheckpointConfig",
+    "CheckpointGranularity",
+    "CheckpointMeta",
+    "CheckpointStrategy",
+    "CommitConflict",
+    "ConfigError",
+    "CoordinationError",
+    "DecryptionError",
+    "EncryptionKeyError",
+    "IntegrityError",
+    "InvalidCheckpoint",
+    "InvalidIdentifier",
+    "Manifest",
+    "ManifestError",
+    "ObjectNotFound",
+    "Repository",
+    "StoreAccessDenied",
+    "StoreError",
+    "StoreUnavailable",
+    "StoreUnsafeError",
+    "__version__",
+    "create_default_config",
+    "create_high_frequency_config",
+    "create_low_overhead_config",
+    "open_repository",
+}
+
+
+def test_exported_names_are_pinned() -> None:
+    assert set(bbp_dist_resume.__all__) == EXPECTED
+    for name in EXPECTED:
+        assert hasattr(bbp_dist_resume, name), name
+
+
+def test_every_library_exception_derives_from_bbp_error() -> None:
+    classes = [
+        v
+        for v in vars(errors).values()
+        if isinstance(v, type) and issubclass(v, Exception) and v.__module__ == errors.__name__
+    ]
+    assert len(classes) >= 15
+    assert all(issubclass(c, errors.BBPError) for c in classes)
+    assert issubclass(errors.DecryptionError, errors.IntegrityError)
+    assert issubclass(errors.ManifestError, errors.IntegrityError)
+    assert issubclass(errors.ObjectNotFound, LookupError)
+    assert issubclass(errors.CommitConflict, FileExistsError)
+    assert errors.StoreUnavailable("x").retryable and not errors.StoreError("x").retryable
