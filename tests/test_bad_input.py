@@ -25,13 +25,14 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import blake3
 import psutil
 import pytest
 import zstandard
+from assertions import raises_exactly
 from botocore.exceptions import ClientError
 
 from bbp_dist_resume import (
@@ -74,7 +75,6 @@ PASSPHRASE = "correct horse battery staple 7f3a"
 TOKEN = "a" * 32
 OP, WORKER = "op", "w0"
 MB = 1 << 20
-E = TypeVar("E", bound=BBPError)
 
 
 # -- raw access to a store, bypassing the library ------------------------------------------
@@ -289,23 +289,6 @@ def plain(raw: RawStore, opened: Callable[[str, CheckpointConfig], Repository]) 
 @pytest.fixture
 def sealed(raw: RawStore, opened: Callable[[str, CheckpointConfig], Repository]) -> Populated:
     return populate(raw, opened(raw.url, enc_config()))
-
-
-def raises_exactly(kind: type[E], fn: Callable[[], object]) -> E:
-    """Call ``fn``; it must raise exactly ``kind`` (not a subclass, not a parent).
-
-    Anything else fails the test with the unexpected exception chained, so the report shows
-    where in the library it came from.
-    """
-    try:
-        fn()
-    except Exception as exc:
-        if type(exc) is not kind or not isinstance(exc, kind):
-            raise AssertionError(
-                f"expected {kind.__name__}, got {type(exc).__module__}.{type(exc).__name__}: {exc}"
-            ) from exc
-        return exc
-    raise AssertionError(f"expected {kind.__name__}, but nothing was raised")
 
 
 def flip_bit(data: bytes, at: int, mask: int = 0x01) -> bytes:

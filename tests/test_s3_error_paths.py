@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import botocore.retries.standard
 import pytest
+from assertions import raises_exactly
 from botocore.stub import Stubber
 from moto import mock_aws
 
@@ -41,19 +42,6 @@ if TYPE_CHECKING:
 BUCKET = "bkt"
 PREFIX = "pre"
 ATTEMPTS = 3
-
-
-def raises_exactly(kind: type[StoreError], fn: Callable[[], object]) -> StoreError:
-    """Call ``fn``; it must raise exactly ``kind``; anything else is chained into the failure."""
-    try:
-        fn()
-    except Exception as exc:
-        if type(exc) is not kind or not isinstance(exc, kind):
-            raise AssertionError(
-                f"expected {kind.__name__}, got {type(exc).__module__}.{type(exc).__name__}: {exc}"
-            ) from exc
-        return exc
-    raise AssertionError(f"expected {kind.__name__}, but nothing was raised")
 
 
 @pytest.fixture(autouse=True)

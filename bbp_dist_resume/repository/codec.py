@@ -132,6 +132,14 @@ def decode(
     return body
 
 
+def decode_plain(blob: bytes, *, store_key: str, max_size: int) -> bytes:
+    """Decode a small object that is never encrypted (the store ``config``, key objects)."""
+    body = decode(
+        blob, store_key=store_key, max_size=max_size, keys=KeyLookup(), require_encrypted=False
+    )
+    return bytes(body)
+
+
 def _open(blob: bytes, store_key: str, keys: KeyLookup) -> bytes:
     _, _, _, key_id, nonce = _HEADER.unpack_from(blob)
     seal = keys.seal_key(key_id)

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from bbp_dist_resume.blobstore import BlobStore
 from bbp_dist_resume.errors import EncryptionKeyError, IntegrityError
-from bbp_dist_resume.repository.codec import KEY_ID_LEN, KeyLookup, SealKey, decode, encode
+from bbp_dist_resume.repository.codec import KEY_ID_LEN, KeyLookup, SealKey, decode_plain, encode
 
 KEYS_PREFIX = "keys/"
 _RAW_PREFIX = "base64:"
@@ -197,15 +197,9 @@ class KeyRing(KeyLookup):
 
 
 def _parse_key_object(blob: bytes, store_key: str) -> _KeyObject:
-    body = decode(
-        blob,
-        store_key=store_key,
-        max_size=_MAX_KEY_OBJECT,
-        keys=KeyLookup(),
-        require_encrypted=False,
-    )
+    body = decode_plain(blob, store_key=store_key, max_size=_MAX_KEY_OBJECT)
     try:
-        obj = _KeyObject.model_validate_json(bytes(body))
+        obj = _KeyObject.model_validate_json(body)
     except ValidationError:
         raise IntegrityError("malformed key object", key=store_key) from None
     if store_key != KEYS_PREFIX + obj.key_id:

@@ -23,7 +23,7 @@ from bbp_dist_resume.blobstore import BlobStore
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.errors import ManifestError, ObjectNotFound, StoreUnsafeError
 from bbp_dist_resume.repository.chunker import ChunkerParams
-from bbp_dist_resume.repository.codec import KeyLookup, decode, encode
+from bbp_dist_resume.repository.codec import decode_plain, encode
 from bbp_dist_resume.repository.keys import KdfParams
 
 log = logging.getLogger(__name__)
@@ -122,15 +122,9 @@ def _new_config(config: CheckpointConfig, probe: ProbeResult) -> StoreConfig:
 
 
 def _parse(blob: bytes) -> StoreConfig:
-    body = decode(
-        blob,
-        store_key=CONFIG_KEY,
-        max_size=_MAX_CONFIG,
-        keys=KeyLookup(),
-        require_encrypted=False,
-    )
+    body = decode_plain(blob, store_key=CONFIG_KEY, max_size=_MAX_CONFIG)
     try:
-        raw = json.loads(bytes(body))
+        raw = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError):
         raise ManifestError("the store's config object is not JSON", key=CONFIG_KEY) from None
     if (
