@@ -17,7 +17,12 @@
     │   └── ManifestError                    a commit record that is malformed or inconsistent
     ├── EncryptionKeyError                   no configured key opens the store's data keys
     ├── CommitConflict (FileExistsError)     a commit record's slot is taken by another writer
-    └── CoordinationError                    (filled in by the coordination layer)
+    └── CoordinationError                    the coordination backend (Redis, SQLite)
+        ├── UnknownOperation (LookupError)   no operation with that id
+        ├── LeaseHeldError                   a live owner holds the lease
+        ├── LeaseLostError                   the caller no longer owns its lease
+        ├── FencedError                      a write carried a stale owner token or fence
+        └── CoordinationUnavailable          transient: the backend did not answer
 
 Only ``blobstore/`` and ``coordination/`` see botocore or redis exceptions; they translate
 them into these. Messages never contain secrets.
@@ -137,3 +142,47 @@ class CommitConflict(BBPError, FileExistsError):
 
 class CoordinationError(BBPError):
     """Root of the coordination layer's errors (leases, fencing, index)."""
+
+
+class UnknownOperation(CoordinationError, LookupError):
+    """No operation with that id is known to the coordination backend."""
+
+    def __init__(self, operation_id: str) -> None:
+        self.operation_id = operation_id
+        super().__init__(f"unknown operation {operation_id!r}")
+
+
+class LeaseHeldError(CoordinationError):
+    """The lease of (operation, worker) is held by a live owner."""
+
+    def __init__(self, operation_id: str, worker_id: str) -> None:
+        self.operation_id = operation_id
+        self.worker_id = worker_id
+        super().__init__(f"lease {operation_id}/{worker_id} is held by a live owner")
+
+
+class LeaseLostError(CoordinationError):
+    """The caller's lease expired or was taken over: it must stop making progress."""
+
+    def __init__(self, operation_id: str, worker_id: str, reason: str = "") -> None:
+        self.operation_id = operation_id
+        self.worker_id = worker_id
+        super().__init__(
+            f"lease {operation_id}/{worker_id} is lost" + (f": {reason}" if reason else "")
+        )
+
+
+class FencedError(CoordinationError):
+    """A write carried an owner token or fencing token older than the current one."""
+
+    def __init__(self, operation_id: str, worker_id: str, fence: int) -> None:
+        self.operation_id = operation_id
+        self.worker_id = worker_id
+        self.fence = fence
+        super().__init__(f"write to {operation_id}/{worker_id} with stale fence {fence} refused")
+
+
+class CoordinationUnavailable(CoordinationError):
+    """The backend did not answer (connection refused, timeout) after retries."""
+
+    retryable = True

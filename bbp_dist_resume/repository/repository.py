@@ -239,6 +239,15 @@ class Repository:
                 seqs.append(int(name))
         return seqs
 
+    def slots(self) -> dict[str, list[str]]:
+        """Every operation with commit records, and its workers that have some."""
+        out: dict[str, set[str]] = {}
+        for info in self._store.list("checkpoints/"):
+            parts = info.key.split("/")
+            if len(parts) == 4 and len(parts[3]) == 10 and parts[3].isdigit():
+                out.setdefault(parts[1], set()).add(parts[2])
+        return {op: sorted(ws) for op, ws in sorted(out.items())}
+
     def latest_seq(self, operation_id: str, worker_id: str) -> int:
         """The highest seq with a commit record, 0 when there is none."""
         seqs = self.record_seqs(operation_id, worker_id)

@@ -1,0 +1,100 @@
+"""``Heartbeat``: a daemon thread that keeps one lease alive, and says at once when it
+cannot.
+
+It renews every ``interval`` seconds (default ``ttl/3``). The moment a renewal is
+refused, or the lease's local deadline passes without a confirmed renewal (the backend
+is unreachable), ``lost`` is set and stays set: the owner must stop, because its slot
+may already belong to someone else. ``check()`` is the cheap test for every call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from bbp_dist_resume.coordination.base import Coordination
+from bbp_dist_resume.coordination.models import Lease
+from bbp_dist_resume.errors import CoordinationUnavailable, LeaseLostError
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat:
+    """Renews ``lease`` on ``coord`` until stopped or lost."""
+
+    def __init__(
+        self,
+        coord: Coordination,
+        lease: Lease,
+        *,
+        interval: float | None = None,
+        on_lost: Callable[[Lease], None] | None = None,
+    ) -> None:
+        self._coord = coord
+        self._lease = lease
+        self._interval = interval if interval is not None else lease.ttl_ms / 3000
+        self._on_lost = on_lost
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.lost = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, name=f"bbp-heartbeat-{lease.worker_id}", daemon=True
+        )
+
+    @property
+    def lease(self) -> Lease:
+        """The lease as last confirmed by the backend."""
+        with self._lock:
+            return self._lease
+
+    def start(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop renewing (the lease itself is left to expire or be released)."""
+        self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join()
+
+    def check(self) -> Lease:
+        """The current lease; raises ``LeaseLostError`` once it is lost, with no round trip
+        (a monotonic local deadline, which never outlives the backend's)."""
+        lease = self.lease
+        if self.lost.is_set() or time.monotonic() >= lease.local_deadline:
+            self._mark_lost("deadline passed")
+            raise LeaseLostError(lease.operation_id, lease.worker_id, "heartbeat lost it")
+        return lease
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._interval):
+            if not self._beat():
+                return
+
+    def _beat(self) -> bool:
+        lease = self.lease
+        try:
+            renewed = self._coord.renew(lease)
+        except LeaseLostError:
+            self._mark_lost("renewal refused")
+            return False
+        except CoordinationUnavailable as exc:
+            # Keep trying until the local deadline; past it the lease may be gone.
+            if time.monotonic() >= lease.local_deadline:
+                self._mark_lost(f"backend unreachable past the deadline: {exc}")
+                return False
+            return True
+        with self._lock:
+            self._lease = renewed
+        return True
+
+    def _mark_lost(self, why: str) -> None:
+        if self.lost.is_set():
+            return
+        self.lost.set()
+        lease = self.lease
+        log.warning("lease %s/%s lost: %s", lease.operation_id, lease.worker_id, why)
+        if self._on_lost is not None:
+            self._on_lost(lease)

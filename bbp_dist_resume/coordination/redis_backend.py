@@ -1,0 +1,545 @@
+"""``RedisCoordination``: the coordination protocol on Redis, standalone or Cluster.
+
+Every read-check-write is one Lua script of ``scripts`` over the keys of ``keys`` (one
+``{op}`` slot each), so the same code runs on a Cluster. Lease expiry is Redis' own (PX).
+Only idempotent calls are retried on connection errors (``_retry``); the client itself
+never retries, so a release or a queue push is sent at most once.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import redis
+import redis.exceptions as rexc
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from bbp_dist_resume.coordination import keys as K
+from bbp_dist_resume.coordination import scripts
+from bbp_dist_resume.coordination.models import (
+    CheckpointSummary,
+    Lease,
+    OperationInfo,
+    OperationStatus,
+    ReclaimClaim,
+    ResumePlan,
+)
+from bbp_dist_resume.errors import (
+    CoordinationError,
+    CoordinationUnavailable,
+    FencedError,
+    InvalidCheckpoint,
+    InvalidIdentifier,
+    LeaseHeldError,
+    LeaseLostError,
+    UnknownOperation,
+)
+from bbp_dist_resume.ids import check_id, check_seq
+
+T = TypeVar("T")
+_RETRIES = 3
+_TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError)
+_POLL_S = 0.05
+
+
+class RedisCoordination:
+    """The ``Coordination`` protocol over a redis-py client (``Redis`` or ``RedisCluster``)."""
+
+    def __init__(self, client: Any) -> None:
+        self._r = client
+        self._scripts = {
+            name: client.register_script(getattr(scripts, name))
+            for name in (
+                "CREATE_OPERATION",
+                "ACQUIRE",
+                "RENEW",
+                "RELEASE",
+                "MARK_DONE",
+                "RECORD",
+                "REPAIR",
+                "PUBLISH_PLAN",
+                "RESTART_FENCE",
+                "LEADER",
+                "COMPARE_AND_DELETE",
+            )
+        }
+        self._marker = self._retry(self._read_or_set_marker)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except _TRANSIENT as exc:
+            raise CoordinationUnavailable(f"Redis did not answer: {exc}") from exc
+        except rexc.RedisError as exc:
+            raise CoordinationError(f"Redis refused the call: {exc}") from exc
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Run an idempotent call, retrying connection errors with a short backoff."""
+        for attempt in range(_RETRIES):
+            try:
+                return fn()
+            except _TRANSIENT:
+                if attempt == _RETRIES - 1:
+                    break
+                time.sleep(0.05 * 2**attempt)
+            except rexc.RedisError as exc:
+                raise CoordinationError(f"Redis refused the call: {exc}") from exc
+        return self._call(fn)
+
+    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return self._scripts[name](keys=keys, args=args)
+
+    def _now_ms(self) -> int:
+        seconds, micros = self._retry(self._r.time)
+        return int(seconds) * 1000 + int(micros) // 1000
+
+    def _read_or_set_marker(self) -> str:
+        self._r.set(K.INSTANCE, uuid.uuid4().hex, nx=True)
+        return str(self._r.get(K.INSTANCE))
+
+    # -- operations ----------------------------------------------------------------------
+
+    def create_operation(
+        self,
+        operation_id: str,
+        *,
+        workers: Sequence[str],
+        stages: Sequence[str] = (),
+        config_path: str = "",
+    ) -> OperationInfo:
+        meta = K.meta(operation_id)
+        ws = _check_workers(workers)
+        ss = [check_id(s, "stage name") for s in stages]
+        self._retry(
+            lambda: self._script(
+                "CREATE_OPERATION", [meta], [config_path, json.dumps(ws), json.dumps(ss)]
+            )
+        )
+        info = self.get_operation(operation_id)
+        # Always (NX): a retried create whose first try landed still lists the operation.
+        at = int(info.created_at * 1000)
+        self._retry(lambda: self._r.zadd(K.OPS, {operation_id: at}, nx=True))
+        return info
+
+    def get_operation(self, operation_id: str) -> OperationInfo:
+        meta, done = K.meta(operation_id), K.done(operation_id)
+
+        def read() -> tuple[dict[str, str], set[str]]:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hgetall(meta)
+            pipe.smembers(done)
+            got = pipe.execute()
+            return got[0], got[1]
+
+        fields, finished = self._retry(read)
+        if not fields:
+            raise UnknownOperation(operation_id)
+        return _info(operation_id, fields, finished)
+
+    def set_status(self, operation_id: str, status: OperationStatus) -> None:
+        meta = K.meta(operation_id)
+        status = OperationStatus(status)
+        # HSET only if the hash exists: never create a half operation.
+        script = (
+            "if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end "
+            "redis.call('HSET', KEYS[1], 'status', ARGV[1]) return 1"
+        )
+        if not self._retry(lambda: self._r.eval(script, 1, meta, status.value)):
+            raise UnknownOperation(operation_id)
+
+    def list_operations(
+        self, statuses: Iterable[OperationStatus] | None = None
+    ) -> list[OperationInfo]:
+        wanted = None if statuses is None else {OperationStatus(s) for s in statuses}
+        ops = self._retry(lambda: self._r.zrange(K.OPS, 0, -1))
+        infos = []
+        for op in ops:
+            try:
+                info = self.get_operation(op)
+            except UnknownOperation:
+                continue
+            if wanted is None or info.status in wanted:
+                infos.append(info)
+        return infos
+
+    # -- leases --------------------------------------------------------------------------
+
+    def acquire(self, operation_id: str, worker_id: str, *, ttl_ms: int) -> Lease:
+        slot = _slot_keys(operation_id, worker_id)
+        token = uuid.uuid4().hex
+        started = time.monotonic()
+        result = self._retry(
+            lambda: self._script(
+                "ACQUIRE",
+                [slot["meta"], slot["lease"], slot["fence"], slot["deadlines"], slot["owner"]],
+                [worker_id, token, _ttl(ttl_ms)],
+            )
+        )
+        code = int(result[0])
+        if code == -1:
+            raise UnknownOperation(operation_id)
+        if code == -2:
+            raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
+        if code == -3:
+            raise LeaseHeldError(operation_id, worker_id)
+        self._mirror_deadline(operation_id, worker_id, int(result[1]))
+        return Lease(
+            operation_id=operation_id,
+            worker_id=worker_id,
+            owner_token=token,
+            fence=code,
+            ttl_ms=ttl_ms,
+            renewed_at=started,
+        )
+
+    def _mirror_deadline(self, op: str, worker: str, deadline: int) -> None:
+        # The global zset only points the crash scan at candidates; the per-op lease key
+        # is the truth, so a lost update here can delay nothing but a scan hit.
+        self._retry(lambda: self._r.zadd(K.ALL_DEADLINES, {K.slot_member(op, worker): deadline}))
+
+    def renew(self, lease: Lease) -> Lease:
+        slot = _slot_keys(lease.operation_id, lease.worker_id)
+        started = time.monotonic()
+        deadline = self._retry(
+            lambda: self._script(
+                "RENEW",
+                [slot["lease"], slot["deadlines"]],
+                [lease.owner_token, _ttl(lease.ttl_ms), lease.worker_id],
+            )
+        )
+        if not deadline:
+            raise LeaseLostError(lease.operation_id, lease.worker_id, "expired or taken over")
+        self._mirror_deadline(lease.operation_id, lease.worker_id, int(deadline))
+        return replace(lease, renewed_at=started)
+
+    def release(self, lease: Lease) -> None:
+        slot = _slot_keys(lease.operation_id, lease.worker_id)
+        released = self._call(
+            lambda: self._script(
+                "RELEASE", [slot["lease"], slot["deadlines"]], [lease.owner_token, lease.worker_id]
+            )
+        )
+        if not released:
+            raise LeaseLostError(lease.operation_id, lease.worker_id, "not held by this owner")
+        self._mirror_deadline(lease.operation_id, lease.worker_id, 0)
+
+    def mark_worker_done(self, lease: Lease) -> OperationInfo:
+        slot = _slot_keys(lease.operation_id, lease.worker_id)
+        status = self._retry(
+            lambda: self._script(
+                "MARK_DONE",
+                [slot["meta"], slot["lease"], slot["done"], slot["owner"]],
+                [lease.owner_token, lease.worker_id],
+            )
+        )
+        if not status:
+            raise LeaseLostError(lease.operation_id, lease.worker_id, "not held by this owner")
+        member = K.slot_member(lease.operation_id, lease.worker_id)
+        self._retry(lambda: self._r.zrem(K.ALL_DEADLINES, member))
+        return self.get_operation(lease.operation_id)
+
+    def crashed_workers(self) -> list[tuple[str, str]]:
+        now = self._now_ms()
+        members = self._retry(lambda: self._r.zrangebyscore(K.ALL_DEADLINES, "-inf", now))
+        slots = [tuple(m.split("/", 1)) for m in members if m.count("/") == 1]
+        if not slots:
+            return []
+
+        def check() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for op, worker in slots:
+                pipe.hget(K.meta(op), "status")
+                pipe.sismember(K.done(op), worker)
+                pipe.exists(K.lease(op, worker))
+            return list(pipe.execute())
+
+        got = self._retry(check)
+        return sorted(
+            (op, w)
+            for i, (op, w) in enumerate(slots)
+            if got[3 * i] == OperationStatus.RUNNING and not got[3 * i + 1] and not got[3 * i + 2]
+        )
+
+    def fence_of(self, operation_id: str, worker_id: str) -> int:
+        key = K.fence(operation_id, worker_id)
+        return int(self._retry(lambda: self._r.get(key)) or 0)
+
+    # -- checkpoint index ----------------------------------------------------------------
+
+    def record(self, lease: Lease, summary: CheckpointSummary) -> None:
+        slot = _slot_keys(lease.operation_id, lease.worker_id)
+        ok = self._retry(
+            lambda: self._script(
+                "RECORD",
+                [slot["fence"], slot["owner"], slot["index"]],
+                [lease.owner_token, lease.fence, summary.seq, summary.to_json()],
+            )
+        )
+        if not ok:
+            raise FencedError(lease.operation_id, lease.worker_id, lease.fence)
+
+    def index(self, operation_id: str, worker_id: str) -> list[CheckpointSummary]:
+        self._require(operation_id)
+        key = K.index(operation_id, worker_id)
+        return _summaries(self._retry(lambda: self._r.zrange(key, 0, -1)))
+
+    def index_all(self, operation_id: str) -> dict[str, list[CheckpointSummary]]:
+        info = self.get_operation(operation_id)
+        return {w: self.index(operation_id, w) for w in info.workers}
+
+    def latest(self, operation_id: str, worker_id: str) -> CheckpointSummary | None:
+        self._require(operation_id)
+        key = K.index(operation_id, worker_id)
+        got = _summaries(self._retry(lambda: self._r.zrange(key, -1, -1)))
+        return got[0] if got else None
+
+    def lookup(self, operation_id: str, worker_id: str, seq: int) -> CheckpointSummary | None:
+        self._require(operation_id)
+        key, s = K.index(operation_id, worker_id), check_seq(seq)
+        got = _summaries(self._retry(lambda: self._r.zrangebyscore(key, s, s)))
+        return got[0] if got else None
+
+    def delete_entries(self, operation_id: str, worker_id: str, seqs: Iterable[int]) -> None:
+        self._require(operation_id)
+        key = K.index(operation_id, worker_id)
+        chosen = [check_seq(x) for x in seqs]
+
+        def delete() -> None:
+            pipe = self._r.pipeline(transaction=False)
+            for seq in chosen:
+                pipe.zremrangebyscore(key, seq, seq)
+            pipe.execute()
+
+        self._retry(delete)
+
+    def repair(
+        self, operation_id: str, worker_id: str, summaries: Iterable[CheckpointSummary]
+    ) -> int:
+        self._require(operation_id)
+        key = K.index(operation_id, worker_id)
+        args: list[Any] = []
+        for summary in summaries:
+            args += [summary.seq, summary.to_json()]
+        if not args:
+            return 0
+        return int(self._retry(lambda: self._script("REPAIR", [key], args)))
+
+    def _require(self, operation_id: str) -> None:
+        meta = K.meta(operation_id)
+        if not self._retry(lambda: self._r.exists(meta)):
+            raise UnknownOperation(operation_id)
+
+    # -- resume plans --------------------------------------------------------------------
+
+    def publish_plan(self, operation_id: str, body: Mapping[str, Any]) -> ResumePlan:
+        try:
+            text = json.dumps(dict(body), sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            raise InvalidCheckpoint(f"a resume plan must be plain JSON: {exc}") from None
+        keys_ = [K.meta(operation_id), K.plan(operation_id)]
+        plan_id = uuid.uuid4().hex  # makes a retried publish land once
+        generation = int(self._retry(lambda: self._script("PUBLISH_PLAN", keys_, [plan_id, text])))
+        if generation < 0:
+            raise UnknownOperation(operation_id)
+        return ResumePlan(operation_id=operation_id, generation=generation, body=json.loads(text))
+
+    def read_plan(self, operation_id: str) -> ResumePlan | None:
+        self._require(operation_id)
+        key = K.plan(operation_id)
+        raw = self._retry(lambda: self._r.get(key))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return ResumePlan(
+            operation_id=operation_id, generation=int(data["generation"]), body=data["body"]
+        )
+
+    def wait_plan(self, operation_id: str, after: int, timeout: float) -> ResumePlan | None:
+        end = time.monotonic() + timeout
+        while True:
+            plan = self.read_plan(operation_id)
+            if plan is not None and plan.generation > after:
+                return plan
+            if time.monotonic() >= end:
+                return None
+            time.sleep(min(_POLL_S, max(0.0, end - time.monotonic())))
+
+    # -- reclaim queue -------------------------------------------------------------------
+
+    def reclaim_push(self, operation_id: str, worker_id: str) -> None:
+        check_id(worker_id, "worker id")
+        self._require(operation_id)
+        self._ensure_group()
+        fields = {"op": operation_id, "worker": worker_id}
+        self._call(lambda: self._r.xadd(K.RECLAIM, fields))
+
+    def _ensure_group(self) -> None:
+        try:
+            self._retry(
+                lambda: self._r.xgroup_create(K.RECLAIM, K.RECLAIM_GROUP, id="0", mkstream=True)
+            )
+        except CoordinationError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def reclaim_claim(self, consumer: str, *, stale_after_ms: int) -> ReclaimClaim | None:
+        check_id(consumer, "consumer id")
+        self._ensure_group()
+        # Entries whose claimant did not acknowledge in time (it died) come first.
+        _, stale, *_ = self._call(
+            lambda: self._r.xautoclaim(
+                K.RECLAIM,
+                K.RECLAIM_GROUP,
+                consumer,
+                min_idle_time=stale_after_ms,
+                start_id="0-0",
+                count=1,
+            )
+        )
+        entries = stale or self._fresh(consumer)
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return ReclaimClaim(
+            entry_id=entry_id,
+            operation_id=fields["op"],
+            worker_id=fields["worker"],
+            consumer=consumer,
+        )
+
+    def _fresh(self, consumer: str) -> list[Any]:
+        got = self._call(
+            lambda: self._r.xreadgroup(K.RECLAIM_GROUP, consumer, {K.RECLAIM: ">"}, count=1)
+        )
+        return list(got[0][1]) if got else []
+
+    def reclaim_ack(self, claim: ReclaimClaim) -> None:
+        def ack() -> None:
+            pending = self._r.xpending_range(
+                K.RECLAIM, K.RECLAIM_GROUP, min=claim.entry_id, max=claim.entry_id, count=1
+            )
+            if pending and pending[0]["consumer"] == claim.consumer:
+                self._r.xack(K.RECLAIM, K.RECLAIM_GROUP, claim.entry_id)
+                self._r.xdel(K.RECLAIM, claim.entry_id)
+
+        self._retry(ack)
+
+    # -- leader lease --------------------------------------------------------------------
+
+    def acquire_leader(self, coordinator_id: str, *, ttl_ms: int) -> bool:
+        check_id(coordinator_id, "coordinator id")
+        return bool(
+            self._retry(
+                lambda: self._script("LEADER", [K.COORDINATOR], [coordinator_id, _ttl(ttl_ms)])
+            )
+        )
+
+    def release_leader(self, coordinator_id: str) -> None:
+        check_id(coordinator_id, "coordinator id")
+        self._retry(lambda: self._script("COMPARE_AND_DELETE", [K.COORDINATOR], [coordinator_id]))
+
+    # -- data loss -----------------------------------------------------------------------
+
+    def instance_ok(self) -> bool:
+        return bool(self._retry(lambda: self._r.get(K.INSTANCE)) == self._marker)
+
+    def reset_instance(self) -> None:
+        """Write a new instance marker (after the index was rebuilt from the store)."""
+        marker = uuid.uuid4().hex
+        self._retry(lambda: self._r.set(K.INSTANCE, marker))
+        self._marker = marker
+
+    def restart_fences(self, operation_id: str, worker_id: str, above: int) -> None:
+        self._require(operation_id)
+        slot = _slot_keys(operation_id, worker_id)
+        self._retry(
+            lambda: self._script(
+                "RESTART_FENCE",
+                [slot["fence"], slot["lease"], slot["deadlines"]],
+                [int(above), worker_id],
+            )
+        )
+        if not self._retry(lambda: self._r.exists(slot["lease"])):
+            self._mirror_deadline(operation_id, worker_id, 0)
+
+    def close(self) -> None:
+        self._r.close()
+
+
+def _slot_keys(op: str, worker: str) -> dict[str, str]:
+    return {
+        "meta": K.meta(op),
+        "lease": K.lease(op, worker),
+        "fence": K.fence(op, worker),
+        "deadlines": K.deadlines(op),
+        "owner": K.owner(op, worker),
+        "done": K.done(op),
+        "index": K.index(op, worker),
+    }
+
+
+def _check_workers(workers: Sequence[str]) -> list[str]:
+    ws = [check_id(w, "worker id") for w in workers]
+    if not ws or len(set(ws)) != len(ws):
+        raise InvalidIdentifier("workers", list(workers), "must be a non-empty list of unique ids")
+    return ws
+
+
+def _ttl(ttl_ms: int) -> int:
+    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or not 1 <= ttl_ms <= 86_400_000:
+        raise InvalidCheckpoint(f"lease ttl must be 1 ms to 1 day, not {ttl_ms!r}")
+    return ttl_ms
+
+
+def _info(op: str, fields: dict[str, str], finished: set[str]) -> OperationInfo:
+    return OperationInfo(
+        operation_id=op,
+        status=OperationStatus(fields["status"]),
+        created_at=int(fields["created_at"]) / 1000,
+        config_path=fields.get("config_path", ""),
+        workers=tuple(json.loads(fields["workers"])),
+        stages=tuple(json.loads(fields["stages"])),
+        generation=int(fields.get("generation", 0)),
+        done_workers=frozenset(finished),
+    )
+
+
+def _summaries(raw: Iterable[str]) -> list[CheckpointSummary]:
+    return [CheckpointSummary.model_validate_json(item) for item in raw]
+
+
+def connect(url: str, *, timeout_s: float = 5.0) -> RedisCoordination:
+    """Open ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://`` (a Cluster seed)."""
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+    }
+    # No retries in the client: _retry retries the idempotent calls, and only those.
+    no_retry = Retry(NoBackoff(), 0)
+    try:
+        if url.startswith("redis+cluster://"):
+            seed = "redis://" + url[len("redis+cluster://") :]
+            client: Any = RedisCluster.from_url(seed, retry=no_retry, **common)
+        else:
+            client = redis.Redis.from_url(url, retry=no_retry, **common)
+        return RedisCoordination(client)
+    except _TRANSIENT as exc:
+        raise CoordinationUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from exc
+    except (rexc.RedisError, ValueError) as exc:
+        raise CoordinationError(f"cannot use Redis at {_safe(url)}: {exc}") from exc
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + (rest.split("@", 1)[1] if "@" in rest else rest)

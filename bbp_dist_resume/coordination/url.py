@@ -1,0 +1,56 @@
+"""``open_coordination``: a coordination URL in, a backend out."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit
+
+from bbp_dist_resume.coordination.base import Coordination
+from bbp_dist_resume.coordination.redis_backend import connect
+from bbp_dist_resume.coordination.sqlite_backend import SQLiteCoordination
+from bbp_dist_resume.errors import ConfigError
+
+_REDIS = ("redis://", "rediss://", "redis+cluster://")
+
+
+def open_coordination(url: str, *, timeout_s: float = 5.0) -> Coordination:
+    """Open ``redis://[:password@]host:port/db``, ``rediss://…`` (TLS),
+    ``redis+cluster://host:port`` (a Cluster seed) or ``sqlite:///path/to/file.db``.
+
+    Raises:
+        ConfigError: the URL does not parse or has an unknown scheme.
+        CoordinationUnavailable: the server does not answer.
+    """
+    if not isinstance(url, str):
+        raise ConfigError([("coord_url", "must be a string")])
+    if url.startswith(_REDIS):
+        _check_redis_url(url)
+        return connect(url, timeout_s=timeout_s)
+    if url.startswith("sqlite:"):
+        return SQLiteCoordination(sqlite_path(url), timeout_s=timeout_s)
+    raise ConfigError(
+        [("coord_url", "must start with redis://, rediss://, redis+cluster:// or sqlite:")]
+    )
+
+
+def _check_redis_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        raise ConfigError([("coord_url", "the Redis URL does not parse")]) from None
+    if not parts.hostname or (port is not None and not 0 < port < 65536):
+        raise ConfigError([("coord_url", "a Redis URL needs a host (and a valid port)")])
+    db = parts.path.strip("/")
+    if db and (not db.isdigit() or url.startswith("redis+cluster://")):
+        raise ConfigError([("coord_url", "the Redis db must be a number (none on a Cluster)")])
+
+
+def sqlite_path(url: str) -> str:
+    """The file of ``sqlite:///abs/path`` or ``sqlite:relative/path``."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
+        raise ConfigError([("coord_url", "use sqlite:///absolute/path or sqlite:relative/path")])
+    path = unquote(parts.path)
+    if not path or path.endswith("/") or "\x00" in path:
+        raise ConfigError([("coord_url", "a sqlite: URL needs a file path")])
+    return path
