@@ -11,18 +11,11 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
-
-import redis
-import redis.exceptions as rexc
-from redis.backoff import NoBackoff
-from redis.cluster import RedisCluster
-from redis.retry import Retry
+from typing import Any
 
 from bbp_dist_resume.coordination import keys as K
-from bbp_dist_resume.coordination import scripts
 from bbp_dist_resume.coordination.models import (
     CheckpointSummary,
     Lease,
@@ -31,9 +24,9 @@ from bbp_dist_resume.coordination.models import (
     ReclaimClaim,
     ResumePlan,
 )
+from bbp_dist_resume.coordination.redis_client import RedisCalls, connect_client
+from bbp_dist_resume.coordination.redis_queue import ReclaimQueue
 from bbp_dist_resume.errors import (
-    CoordinationError,
-    CoordinationUnavailable,
     FencedError,
     InvalidCheckpoint,
     InvalidIdentifier,
@@ -43,9 +36,6 @@ from bbp_dist_resume.errors import (
 )
 from bbp_dist_resume.ids import check_id, check_seq
 
-T = TypeVar("T")
-_RETRIES = 3
-_TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError)
 _POLL_S = 0.05
 
 
@@ -53,54 +43,13 @@ class RedisCoordination:
     """The ``Coordination`` protocol over a redis-py client (``Redis`` or ``RedisCluster``)."""
 
     def __init__(self, client: Any) -> None:
+        self._c = RedisCalls(client)
         self._r = client
-        self._scripts = {
-            name: client.register_script(getattr(scripts, name))
-            for name in (
-                "CREATE_OPERATION",
-                "ACQUIRE",
-                "RENEW",
-                "RELEASE",
-                "MARK_DONE",
-                "RECORD",
-                "REPAIR",
-                "PUBLISH_PLAN",
-                "RESTART_FENCE",
-                "LEADER",
-                "COMPARE_AND_DELETE",
-            )
-        }
+        self._queue = ReclaimQueue(self._c)
+        self._retry = self._c.retry
+        self._call = self._c.call
+        self._script = self._c.script
         self._marker = self._retry(self._read_or_set_marker)
-
-    # -- plumbing ------------------------------------------------------------------------
-
-    def _call(self, fn: Callable[[], T]) -> T:
-        try:
-            return fn()
-        except _TRANSIENT as exc:
-            raise CoordinationUnavailable(f"Redis did not answer: {exc}") from exc
-        except rexc.RedisError as exc:
-            raise CoordinationError(f"Redis refused the call: {exc}") from exc
-
-    def _retry(self, fn: Callable[[], T]) -> T:
-        """Run an idempotent call, retrying connection errors with a short backoff."""
-        for attempt in range(_RETRIES):
-            try:
-                return fn()
-            except _TRANSIENT:
-                if attempt == _RETRIES - 1:
-                    break
-                time.sleep(0.05 * 2**attempt)
-            except rexc.RedisError as exc:
-                raise CoordinationError(f"Redis refused the call: {exc}") from exc
-        return self._call(fn)
-
-    def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        return self._scripts[name](keys=keys, args=args)
-
-    def _now_ms(self) -> int:
-        seconds, micros = self._retry(self._r.time)
-        return int(seconds) * 1000 + int(micros) // 1000
 
     def _read_or_set_marker(self) -> str:
         self._r.set(K.INSTANCE, uuid.uuid4().hex, nx=True)
@@ -248,7 +197,7 @@ class RedisCoordination:
         return self.get_operation(lease.operation_id)
 
     def crashed_workers(self) -> list[tuple[str, str]]:
-        now = self._now_ms()
+        now = self._c.now_ms()
         members = self._retry(lambda: self._r.zrangebyscore(K.ALL_DEADLINES, "-inf", now))
         slots = [tuple(m.split("/", 1)) for m in members if m.count("/") == 1]
         if not slots:
@@ -376,62 +325,14 @@ class RedisCoordination:
     # -- reclaim queue -------------------------------------------------------------------
 
     def reclaim_push(self, operation_id: str, worker_id: str) -> None:
-        check_id(worker_id, "worker id")
         self._require(operation_id)
-        self._ensure_group()
-        fields = {"op": operation_id, "worker": worker_id}
-        self._call(lambda: self._r.xadd(K.RECLAIM, fields))
-
-    def _ensure_group(self) -> None:
-        try:
-            self._retry(
-                lambda: self._r.xgroup_create(K.RECLAIM, K.RECLAIM_GROUP, id="0", mkstream=True)
-            )
-        except CoordinationError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        self._queue.push(operation_id, worker_id)
 
     def reclaim_claim(self, consumer: str, *, stale_after_ms: int) -> ReclaimClaim | None:
-        check_id(consumer, "consumer id")
-        self._ensure_group()
-        # Entries whose claimant did not acknowledge in time (it died) come first.
-        _, stale, *_ = self._call(
-            lambda: self._r.xautoclaim(
-                K.RECLAIM,
-                K.RECLAIM_GROUP,
-                consumer,
-                min_idle_time=stale_after_ms,
-                start_id="0-0",
-                count=1,
-            )
-        )
-        entries = stale or self._fresh(consumer)
-        if not entries:
-            return None
-        entry_id, fields = entries[0]
-        return ReclaimClaim(
-            entry_id=entry_id,
-            operation_id=fields["op"],
-            worker_id=fields["worker"],
-            consumer=consumer,
-        )
-
-    def _fresh(self, consumer: str) -> list[Any]:
-        got = self._call(
-            lambda: self._r.xreadgroup(K.RECLAIM_GROUP, consumer, {K.RECLAIM: ">"}, count=1)
-        )
-        return list(got[0][1]) if got else []
+        return self._queue.claim(consumer, stale_after_ms=stale_after_ms)
 
     def reclaim_ack(self, claim: ReclaimClaim) -> None:
-        def ack() -> None:
-            pending = self._r.xpending_range(
-                K.RECLAIM, K.RECLAIM_GROUP, min=claim.entry_id, max=claim.entry_id, count=1
-            )
-            if pending and pending[0]["consumer"] == claim.consumer:
-                self._r.xack(K.RECLAIM, K.RECLAIM_GROUP, claim.entry_id)
-                self._r.xdel(K.RECLAIM, claim.entry_id)
-
-        self._retry(ack)
+        self._queue.ack(claim)
 
     # -- leader lease --------------------------------------------------------------------
 
@@ -519,27 +420,9 @@ def _summaries(raw: Iterable[str]) -> list[CheckpointSummary]:
 
 def connect(url: str, *, timeout_s: float = 5.0) -> RedisCoordination:
     """Open ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://`` (a Cluster seed)."""
-    common: dict[str, Any] = {
-        "decode_responses": True,
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-    }
-    # No retries in the client: _retry retries the idempotent calls, and only those.
-    no_retry = Retry(NoBackoff(), 0)
+    client = connect_client(url, timeout_s=timeout_s)
     try:
-        if url.startswith("redis+cluster://"):
-            seed = "redis://" + url[len("redis+cluster://") :]
-            client: Any = RedisCluster.from_url(seed, retry=no_retry, **common)
-        else:
-            client = redis.Redis.from_url(url, retry=no_retry, **common)
         return RedisCoordination(client)
-    except _TRANSIENT as exc:
-        raise CoordinationUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from exc
-    except (rexc.RedisError, ValueError) as exc:
-        raise CoordinationError(f"cannot use Redis at {_safe(url)}: {exc}") from exc
-
-
-def _safe(url: str) -> str:
-    """The URL without its password, for messages."""
-    scheme, sep, rest = url.partition("://")
-    return scheme + sep + (rest.split("@", 1)[1] if "@" in rest else rest)
+    except BaseException:
+        client.close()
+        raise

@@ -1,0 +1,101 @@
+"""Plumbing of the Redis backend: error translation, retries of idempotent calls, the
+registered scripts, and connecting from a URL (standalone, TLS or Cluster)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+import redis.exceptions as rexc
+from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
+from redis.retry import Retry
+
+from bbp_dist_resume.coordination import scripts
+from bbp_dist_resume.errors import CoordinationError, CoordinationUnavailable
+
+T = TypeVar("T")
+_RETRIES = 3
+_TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError)
+SCRIPT_NAMES = (
+    "CREATE_OPERATION",
+    "ACQUIRE",
+    "RENEW",
+    "RELEASE",
+    "MARK_DONE",
+    "RECORD",
+    "REPAIR",
+    "PUBLISH_PLAN",
+    "RESTART_FENCE",
+    "LEADER",
+    "COMPARE_AND_DELETE",
+)
+
+
+class RedisCalls:
+    """A redis-py client (``Redis`` or ``RedisCluster``) with the library's call rules:
+    errors become ``CoordinationError``s, and only idempotent calls are retried."""
+
+    def __init__(self, client: Any) -> None:
+        self.r = client
+        self._scripts = {
+            name: client.register_script(getattr(scripts, name)) for name in SCRIPT_NAMES
+        }
+
+    def call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except _TRANSIENT as exc:
+            raise CoordinationUnavailable(f"Redis did not answer: {exc}") from exc
+        except rexc.RedisError as exc:
+            raise CoordinationError(f"Redis refused the call: {exc}") from exc
+
+    def retry(self, fn: Callable[[], T]) -> T:
+        """Run an idempotent call, retrying connection errors with a short backoff."""
+        for attempt in range(_RETRIES):
+            try:
+                return fn()
+            except _TRANSIENT:
+                if attempt == _RETRIES - 1:
+                    break
+                time.sleep(0.05 * 2**attempt)
+            except rexc.RedisError as exc:
+                raise CoordinationError(f"Redis refused the call: {exc}") from exc
+        return self.call(fn)
+
+    def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        return self._scripts[name](keys=keys, args=args)
+
+    def now_ms(self) -> int:
+        seconds, micros = self.retry(self.r.time)
+        return int(seconds) * 1000 + int(micros) // 1000
+
+
+def connect_client(url: str, *, timeout_s: float = 5.0) -> Any:
+    """A redis-py client for ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://``."""
+    common: dict[str, Any] = {
+        "decode_responses": True,
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+    }
+    # No retries in the client: _retry retries the idempotent calls, and only those.
+    no_retry = Retry(NoBackoff(), 0)
+    try:
+        if url.startswith("redis+cluster://"):
+            seed = "redis://" + url[len("redis+cluster://") :]
+            client: Any = RedisCluster.from_url(seed, retry=no_retry, **common)
+        else:
+            client = redis.Redis.from_url(url, retry=no_retry, **common)
+        return client
+    except _TRANSIENT as exc:
+        raise CoordinationUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from exc
+    except (rexc.RedisError, ValueError) as exc:
+        raise CoordinationError(f"cannot use Redis at {_safe(url)}: {exc}") from exc
+
+
+def _safe(url: str) -> str:
+    """The URL without its password, for messages."""
+    scheme, sep, rest = url.partition("://")
+    return scheme + sep + (rest.split("@", 1)[1] if "@" in rest else rest)
