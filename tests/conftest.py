@@ -1,9 +1,9 @@
 """Session fixtures over the real services started by infra/dev/services.py.
 
-A redis-server and a SeaweedFS S3 server are started once per test session
-(or reused when BBP_TEST_SERVICES_DIR names a running set, as the Makefile
-may start them once for a whole run). A server that cannot start makes the
-tests that need it ERROR: they are never skipped.
+A redis-server, a 3-master Redis Cluster and a SeaweedFS S3 server are started
+once per test session (or reused when BBP_TEST_SERVICES_DIR names a running
+set, as the Makefile may start them once for a whole run). A server that
+cannot start makes the tests that need it ERROR: they are never skipped.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import importlib.util
 import os
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import pytest
 import redis
+from redis.cluster import RedisCluster
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -54,12 +55,26 @@ def _import_services() -> ModuleType:
 dev_services = _import_services()
 
 
+@pytest.fixture(name="dev_services", scope="session")
+def _dev_services() -> ModuleType:
+    """``infra/dev/services.py`` itself, for tests of the service helpers."""
+    return dev_services
+
+
+def _shared_dir() -> Path | None:
+    """The directory of services started outside this session, if there is one."""
+    shared = os.environ.get(SHARED_DIR_VAR)
+    if shared and (Path(shared) / dev_services.STATE_FILE).is_file():
+        return Path(shared)
+    return None
+
+
 @pytest.fixture(scope="session")
 def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """The running services (a ``services.Services``), with AWS_* env set."""
-    shared = os.environ.get(SHARED_DIR_VAR)
-    if shared and (Path(shared) / dev_services.STATE_FILE).is_file():
-        found, owned = dev_services.load(Path(shared)), False
+    shared = _shared_dir()
+    if shared is not None:
+        found, owned = dev_services.load(shared), False
     else:
         root = tmp_path_factory.mktemp("services")
         found, owned = dev_services.start(root, die_with_parent=True), True
@@ -85,6 +100,45 @@ def services(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 def redis_url(services: Any) -> str:
     """``redis://127.0.0.1:PORT/0``."""
     return str(services.redis_url)
+
+
+@pytest.fixture(scope="session")
+def redis_cluster_url(services: Any) -> str:
+    """``redis+cluster://127.0.0.1:PORT``, a seed node of the 3-master cluster."""
+    if not services.redis_cluster_url:
+        # A services.json written before the cluster existed: an error, not a skip.
+        raise dev_services.ServiceError(
+            f"the services in {services.dir} have no redis cluster; stop and start them again"
+        )
+    return str(services.redis_cluster_url)
+
+
+def cluster_seed(url: str) -> tuple[str, int]:
+    """``(host, port)`` of a ``redis+cluster://host:port`` URL."""
+    host, _, port = url.removeprefix("redis+cluster://").rstrip("/").rpartition(":")
+    return host, int(port)
+
+
+@pytest.fixture
+def redis_cluster_client(redis_cluster_url: str) -> Iterator[RedisCluster]:
+    """A cluster client on emptied masters."""
+    host, port = cluster_seed(redis_cluster_url)
+    client = RedisCluster(host=host, port=port)
+    client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def restart_redis(services: Any) -> Callable[[], Any]:
+    """Call it to SIGKILL the standalone redis-server and start it again, empty, on the
+    same port (``redis_url`` stays valid); returns the updated ``services.Services``."""
+
+    def restart() -> Any:
+        # A server this session started dies with it, as the first one would have.
+        return dev_services.restart_redis(services, die_with_parent=_shared_dir() is None)
+
+    return restart
 
 
 @pytest.fixture(scope="session")

@@ -72,6 +72,11 @@ INSTANCE = "bbp:instance"
 """Random marker written once; its absence reveals a Redis that lost its data."""
 
 
+def instance_marker(n: int) -> str:
+    """The n-th Cluster marker key: its own hash tag, to place one on every master."""
+    return f"{INSTANCE}:{{{n}}}"
+
+
 def slot_member(op: str, worker: str) -> str:
     """Member of ``ALL_DEADLINES`` for one slot (ids contain no ``/``)."""
     return f"{op}/{worker}"

@@ -27,6 +27,7 @@ from bbp_dist_resume.coordination.models import (
 from bbp_dist_resume.coordination.redis_client import RedisCalls, connect_client
 from bbp_dist_resume.coordination.redis_queue import ReclaimQueue
 from bbp_dist_resume.errors import (
+    ConfigError,
     FencedError,
     InvalidCheckpoint,
     InvalidIdentifier,
@@ -49,11 +50,18 @@ class RedisCoordination:
         self._retry = self._c.retry
         self._call = self._c.call
         self._script = self._c.script
-        self._marker = self._retry(self._read_or_set_marker)
+        self._marker_keys = self._retry(self._c.marker_keys)
+        self._markers = self._retry(lambda: self._read_markers(uuid.uuid4().hex))
 
-    def _read_or_set_marker(self) -> str:
-        self._r.set(K.INSTANCE, uuid.uuid4().hex, nx=True)
-        return str(self._r.get(K.INSTANCE))
+    def _read_markers(self, fresh: str, *, overwrite: bool = False) -> dict[str, str | None]:
+        """Write ``fresh`` where no marker is (or everywhere), read back what is there."""
+        pipe = self._r.pipeline(transaction=False)
+        for key in self._marker_keys:
+            pipe.set(key, fresh, nx=not overwrite)
+        for key in self._marker_keys:
+            pipe.get(key)
+        got = pipe.execute()[len(self._marker_keys) :]
+        return dict(zip(self._marker_keys, got, strict=True))
 
     # -- operations ----------------------------------------------------------------------
 
@@ -125,6 +133,11 @@ class RedisCoordination:
     def acquire(self, operation_id: str, worker_id: str, *, ttl_ms: int) -> Lease:
         slot = _slot_keys(operation_id, worker_id)
         token = uuid.uuid4().hex
+        # Listed before the acquire can land, so that an owner dying right after it is
+        # still found by the crash scan (which checks the fence, so never-acquired slots
+        # are not reported).
+        member = K.slot_member(operation_id, worker_id)
+        self._retry(lambda: self._r.zadd(K.ALL_DEADLINES, {member: 0}, nx=True))
         started = time.monotonic()
         result = self._retry(
             lambda: self._script(
@@ -209,16 +222,16 @@ class RedisCoordination:
                 pipe.hget(K.meta(op), "status")
                 pipe.sismember(K.done(op), worker)
                 pipe.exists(K.lease(op, worker))
+                pipe.exists(K.fence(op, worker))
             return list(pipe.execute())
 
         got = self._retry(check)
         return sorted(
-            (op, w)
-            for i, (op, w) in enumerate(slots)
-            if got[3 * i] == OperationStatus.RUNNING and not got[3 * i + 1] and not got[3 * i + 2]
+            (op, w) for i, (op, w) in enumerate(slots) if _crashed(got[4 * i : 4 * i + 4])
         )
 
     def fence_of(self, operation_id: str, worker_id: str) -> int:
+        self._require_worker(operation_id, worker_id)
         key = K.fence(operation_id, worker_id)
         return int(self._retry(lambda: self._r.get(key)) or 0)
 
@@ -237,7 +250,7 @@ class RedisCoordination:
             raise FencedError(lease.operation_id, lease.worker_id, lease.fence)
 
     def index(self, operation_id: str, worker_id: str) -> list[CheckpointSummary]:
-        self._require(operation_id)
+        self._require_worker(operation_id, worker_id)
         key = K.index(operation_id, worker_id)
         return _summaries(self._retry(lambda: self._r.zrange(key, 0, -1)))
 
@@ -246,19 +259,19 @@ class RedisCoordination:
         return {w: self.index(operation_id, w) for w in info.workers}
 
     def latest(self, operation_id: str, worker_id: str) -> CheckpointSummary | None:
-        self._require(operation_id)
+        self._require_worker(operation_id, worker_id)
         key = K.index(operation_id, worker_id)
         got = _summaries(self._retry(lambda: self._r.zrange(key, -1, -1)))
         return got[0] if got else None
 
     def lookup(self, operation_id: str, worker_id: str, seq: int) -> CheckpointSummary | None:
-        self._require(operation_id)
+        self._require_worker(operation_id, worker_id)
         key, s = K.index(operation_id, worker_id), check_seq(seq)
         got = _summaries(self._retry(lambda: self._r.zrangebyscore(key, s, s)))
         return got[0] if got else None
 
     def delete_entries(self, operation_id: str, worker_id: str, seqs: Iterable[int]) -> None:
-        self._require(operation_id)
+        self._require_worker(operation_id, worker_id)
         key = K.index(operation_id, worker_id)
         chosen = [check_seq(x) for x in seqs]
 
@@ -273,7 +286,7 @@ class RedisCoordination:
     def repair(
         self, operation_id: str, worker_id: str, summaries: Iterable[CheckpointSummary]
     ) -> int:
-        self._require(operation_id)
+        self._require_worker(operation_id, worker_id)
         key = K.index(operation_id, worker_id)
         args: list[Any] = []
         for summary in summaries:
@@ -286,6 +299,17 @@ class RedisCoordination:
         meta = K.meta(operation_id)
         if not self._retry(lambda: self._r.exists(meta)):
             raise UnknownOperation(operation_id)
+
+    def _require_worker(self, operation_id: str, worker_id: str) -> None:
+        """UnknownOperation, or InvalidIdentifier for a worker that is not one of its own:
+        nothing may be read or written for a slot the operation does not have."""
+        check_id(worker_id, "worker id")
+        meta = K.meta(operation_id)
+        workers = self._retry(lambda: self._r.hget(meta, "workers"))
+        if workers is None:
+            raise UnknownOperation(operation_id)
+        if worker_id not in json.loads(workers):
+            raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
 
     # -- resume plans --------------------------------------------------------------------
 
@@ -325,7 +349,7 @@ class RedisCoordination:
     # -- reclaim queue -------------------------------------------------------------------
 
     def reclaim_push(self, operation_id: str, worker_id: str) -> None:
-        self._require(operation_id)
+        self._require_worker(operation_id, worker_id)
         self._queue.push(operation_id, worker_id)
 
     def reclaim_claim(self, consumer: str, *, stale_after_ms: int) -> ReclaimClaim | None:
@@ -351,16 +375,20 @@ class RedisCoordination:
     # -- data loss -----------------------------------------------------------------------
 
     def instance_ok(self) -> bool:
-        return bool(self._retry(lambda: self._r.get(K.INSTANCE)) == self._marker)
+        def read() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for key in self._marker_keys:
+                pipe.get(key)
+            return list(pipe.execute())
+
+        return self._retry(read) == [self._markers[k] for k in self._marker_keys]
 
     def reset_instance(self) -> None:
-        """Write a new instance marker (after the index was rebuilt from the store)."""
-        marker = uuid.uuid4().hex
-        self._retry(lambda: self._r.set(K.INSTANCE, marker))
-        self._marker = marker
+        fresh = uuid.uuid4().hex
+        self._markers = self._retry(lambda: self._read_markers(fresh, overwrite=True))
 
     def restart_fences(self, operation_id: str, worker_id: str, above: int) -> None:
-        self._require(operation_id)
+        self._require_worker(operation_id, worker_id)
         slot = _slot_keys(operation_id, worker_id)
         self._retry(
             lambda: self._script(
@@ -374,6 +402,12 @@ class RedisCoordination:
 
     def close(self) -> None:
         self._r.close()
+
+
+def _crashed(facts: list[Any]) -> bool:
+    """status RUNNING, not done, no live lease, and acquired at least once (a fence)."""
+    status, is_done, has_lease, has_fence = facts
+    return bool(status == OperationStatus.RUNNING and not is_done and not has_lease and has_fence)
 
 
 def _slot_keys(op: str, worker: str) -> dict[str, str]:
@@ -397,7 +431,7 @@ def _check_workers(workers: Sequence[str]) -> list[str]:
 
 def _ttl(ttl_ms: int) -> int:
     if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or not 1 <= ttl_ms <= 86_400_000:
-        raise InvalidCheckpoint(f"lease ttl must be 1 ms to 1 day, not {ttl_ms!r}")
+        raise ConfigError([("lease_ttl", f"must be 1 ms to 1 day, not {ttl_ms!r}")])
     return ttl_ms
 
 

@@ -13,12 +13,22 @@ from redis.backoff import NoBackoff
 from redis.cluster import RedisCluster
 from redis.retry import Retry
 
+from bbp_dist_resume.coordination import keys as K
 from bbp_dist_resume.coordination import scripts
 from bbp_dist_resume.errors import CoordinationError, CoordinationUnavailable
 
 T = TypeVar("T")
 _RETRIES = 3
-_TRANSIENT = (rexc.ConnectionError, rexc.TimeoutError)
+# Cluster errors of reachability (no node answers, cluster down) are transient too.
+_TRANSIENT = (
+    rexc.ConnectionError,
+    rexc.TimeoutError,
+    rexc.ClusterDownError,
+    rexc.SlotNotCoveredError,
+    rexc.RedisClusterUnreachableError,
+)
+# RedisClusterException is not a RedisError: both are refusals when not transient.
+_REFUSED = (rexc.RedisError, rexc.RedisClusterException)
 SCRIPT_NAMES = (
     "CREATE_OPERATION",
     "ACQUIRE",
@@ -44,12 +54,27 @@ class RedisCalls:
             name: client.register_script(getattr(scripts, name)) for name in SCRIPT_NAMES
         }
 
+    def marker_keys(self) -> list[str]:
+        """Instance marker keys: one on a standalone server; on a Cluster one per master,
+        so that any master that loses its data is noticed."""
+        if not isinstance(self.r, RedisCluster):
+            return [K.INSTANCE]
+        cluster: Any = self.r  # redis-py's cluster node API is untyped
+        primaries = {node.name for node in cluster.get_primaries()}
+        keys: dict[str, str] = {}
+        for i in range(16384):
+            key = K.instance_marker(i)
+            keys.setdefault(cluster.get_node_from_key(key).name, key)
+            if set(keys) >= primaries:
+                break
+        return sorted(keys.values())
+
     def call(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
         except _TRANSIENT as exc:
             raise CoordinationUnavailable(f"Redis did not answer: {exc}") from exc
-        except rexc.RedisError as exc:
+        except _REFUSED as exc:
             raise CoordinationError(f"Redis refused the call: {exc}") from exc
 
     def retry(self, fn: Callable[[], T]) -> T:
@@ -61,7 +86,7 @@ class RedisCalls:
                 if attempt == _RETRIES - 1:
                     break
                 time.sleep(0.05 * 2**attempt)
-            except rexc.RedisError as exc:
+            except _REFUSED as exc:
                 raise CoordinationError(f"Redis refused the call: {exc}") from exc
         return self.call(fn)
 
@@ -91,7 +116,7 @@ def connect_client(url: str, *, timeout_s: float = 5.0) -> Any:
         return client
     except _TRANSIENT as exc:
         raise CoordinationUnavailable(f"cannot reach Redis at {_safe(url)}: {exc}") from exc
-    except (rexc.RedisError, ValueError) as exc:
+    except (*_REFUSED, ValueError) as exc:
         raise CoordinationError(f"cannot use Redis at {_safe(url)}: {exc}") from exc
 
 

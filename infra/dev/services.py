@@ -1,6 +1,7 @@
 """Start and stop the real backing services for tests and local development.
 
-Runs a ``redis-server`` and a SeaweedFS S3 server (``weed server -s3``) on free
+Runs a ``redis-server``, a 3-master Redis Cluster (three more ``redis-server``
+processes, no replicas) and a SeaweedFS S3 server (``weed server -s3``) on free
 loopback ports, with all data and logs inside one directory, and records how
 to reach them in ``DIR/services.json``.
 
@@ -51,6 +52,13 @@ GRPC_OFFSET = 10000
 PORT_LOW, PORT_HIGH = 20000, 22767
 
 REDIS_READY_S = 20.0
+# A cluster node also listens on port+10000 (its cluster bus), like weed's gRPC
+# ports: _pick_ports checks both.
+CLUSTER_NODES = 3
+CLUSTER_NODE_TIMEOUT_MS = 2000
+# `redis-cli --cluster create` plus the gossip until every node reports
+# cluster_state:ok; measured on 2 cores: 1-3 s.
+CLUSTER_READY_S = 60.0
 # The S3 port accepts connections seconds before the filer and volume servers
 # behind it can store anything; measured on 2 cores: ready after 3.5-8.5 s.
 S3_READY_S = 90.0
@@ -80,6 +88,10 @@ class Services:
     redis_log: str
     weed_log: str
     weed_logdir: str
+    # A seed node of the 3-master cluster; empty in a services.json written
+    # before the cluster existed.
+    redis_cluster_url: str = ""
+    redis_cluster_pids: tuple[int, ...] = ()
 
 
 # Children started by this process, so that stop() can reap them (and not
@@ -305,19 +317,42 @@ def _fail(what: str, reason: str, logs: Sequence[Path]) -> ServiceError:
 
 
 def _redis_pings(port: int) -> bool:
+    return _redis_inline(port, b"PING").startswith(b"+PONG")
+
+
+def _redis_inline(port: int, command: bytes) -> bytes:
+    """One inline command's whole reply (b"" when the server does not answer)."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1.0) as sock:
-            sock.sendall(b"PING\r\n")
-            return sock.recv(64).startswith(b"+PONG")
-    except OSError:
-        return False
+            sock.sendall(command + b"\r\n")
+            reply = sock.recv(65536)
+            # A bulk string: $<len>\r\n<body>\r\n, possibly in several reads.
+            if reply.startswith(b"$") and b"\r\n" in reply:
+                head, _, _ = reply.partition(b"\r\n")
+                want = len(head) + 2 + max(int(head[1:]), 0) + 2
+                while len(reply) < want:
+                    more = sock.recv(65536)
+                    if not more:
+                        break
+                    reply += more
+            return reply
+    except (OSError, ValueError):
+        return b""
 
 
-def _start_redis(root: Path, port: int, tie: bool, started: list[int]) -> int:
-    data = root / "redis"
-    data.mkdir()
-    log = root / "redis.log"
-    argv = [
+def _await_redis(proc: subprocess.Popen[bytes], what: str, port: int, log: Path) -> None:
+    deadline = time.monotonic() + REDIS_READY_S
+    while not _redis_pings(port):
+        if proc.poll() is not None:
+            raise _fail(what, f"exited with code {proc.returncode}", [log])
+        if time.monotonic() > deadline:
+            raise _fail(what, f"no PONG within {REDIS_READY_S:.0f} s", [log])
+        time.sleep(0.1)
+
+
+def _redis_argv(port: int, data: Path) -> list[str]:
+    """A redis-server without persistence: a restart loses every key."""
+    return [
         _find_redis(),
         "--port", str(port),
         "--bind", "127.0.0.1",
@@ -326,15 +361,84 @@ def _start_redis(root: Path, port: int, tie: bool, started: list[int]) -> int:
         "--dir", str(data),
         "--protected-mode", "yes",
     ]  # fmt: skip
-    proc = _spawn(argv, log, dict(os.environ), tie, started)
-    deadline = time.monotonic() + REDIS_READY_S
-    while not _redis_pings(port):
-        if proc.poll() is not None:
-            raise _fail("redis-server", f"exited with code {proc.returncode}", [log])
-        if time.monotonic() > deadline:
-            raise _fail("redis-server", f"no PONG within {REDIS_READY_S:.0f} s", [log])
-        time.sleep(0.1)
+
+
+def _start_redis(root: Path, port: int, tie: bool, started: list[int]) -> int:
+    data = root / "redis"
+    data.mkdir(exist_ok=True)  # exists when restart_redis starts it again
+    log = root / "redis.log"
+    proc = _spawn(_redis_argv(port, data), log, dict(os.environ), tie, started)
+    _await_redis(proc, "redis-server", port, log)
     return proc.pid
+
+
+# --- redis cluster ---------------------------------------------------------
+
+
+def _find_redis_cli() -> str:
+    # Debian's redis-server depends on redis-tools, which has redis-cli.
+    beside = Path(_find_redis()).parent / "redis-cli"
+    if os.access(beside, os.X_OK):
+        return str(beside)
+    on_path = shutil.which("redis-cli")
+    if on_path:
+        return on_path
+    raise ServiceError("redis-cli not found next to redis-server or on PATH (Debian: redis-tools)")
+
+
+def _cluster_ok(port: int) -> bool:
+    return b"cluster_state:ok" in _redis_inline(port, b"CLUSTER INFO")
+
+
+def _start_cluster(root: Path, ports: Sequence[int], tie: bool, started: list[int]) -> list[int]:
+    """Start one node per port, join them as masters, wait for cluster_state:ok."""
+    procs: list[tuple[subprocess.Popen[bytes], int, Path]] = []
+    for n, port in enumerate(ports, 1):
+        data = root / f"cluster-{n}"
+        data.mkdir()
+        log = root / f"cluster-{n}.log"
+        argv = [
+            *_redis_argv(port, data),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", str(data / "nodes.conf"),
+            "--cluster-node-timeout", str(CLUSTER_NODE_TIMEOUT_MS),
+        ]  # fmt: skip
+        procs.append((_spawn(argv, log, dict(os.environ), tie, started), port, log))
+    for n, (proc, port, log) in enumerate(procs, 1):
+        _await_redis(proc, f"redis cluster node {n}", port, log)
+    logs = [log for _, _, log in procs]
+    create_log = root / "cluster-create.log"
+    logs.insert(0, create_log)
+    nodes = [f"127.0.0.1:{port}" for port in ports]
+    create = [_find_redis_cli(), "--cluster", "create", *nodes]
+    create += ["--cluster-replicas", "0", "--cluster-yes"]
+    with create_log.open("ab") as out:
+        try:
+            done = subprocess.run(
+                create,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=root,
+                timeout=CLUSTER_READY_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise _fail("redis cluster", "redis-cli --cluster create hung", logs) from None
+    if done.returncode != 0:
+        reason = f"redis-cli --cluster create exited with code {done.returncode}"
+        raise _fail("redis cluster", reason, logs)
+    deadline = time.monotonic() + CLUSTER_READY_S
+    while not all(_cluster_ok(port) for port in ports):
+        for n, (proc, _, _) in enumerate(procs, 1):
+            if proc.poll() is not None:
+                reason = f"node {n} exited with code {proc.returncode}"
+                raise _fail("redis cluster", reason, logs)
+        if time.monotonic() > deadline:
+            reason = f"not cluster_state:ok on every node within {CLUSTER_READY_S:.0f} s"
+            raise _fail("redis cluster", reason, logs)
+        time.sleep(0.1)
+    return [proc.pid for proc, _, _ in procs]
 
 
 # --- SeaweedFS -------------------------------------------------------------
@@ -467,23 +571,41 @@ def _state_path(root: Path) -> Path:
 def _read(root: Path) -> Services:
     path = _state_path(root)
     try:
-        return Services(**json.loads(path.read_text()))
+        fields = json.loads(path.read_text())
     except FileNotFoundError:
         raise ServiceError(f"{path} not found: no services started in {root}") from None
+    # JSON has no tuples.
+    fields["redis_cluster_pids"] = tuple(fields.get("redis_cluster_pids", ()))
+    return Services(**fields)
+
+
+def _write(services: Services) -> None:
+    path = _state_path(Path(services.dir))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(dataclasses.asdict(services), indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _all_pids(services: Services) -> list[int]:
+    """Every server's pid, in the order stop() kills them: weed first."""
+    return [services.weed_pid, services.redis_pid, *services.redis_cluster_pids]
 
 
 def _clear(root: Path) -> None:
     """Remove what an earlier start left here (weed would resume its state)."""
-    for name in ("redis", "weed", "weed-logs"):
+    nodes = range(1, CLUSTER_NODES + 1)
+    for name in ("redis", "weed", "weed-logs", *(f"cluster-{n}" for n in nodes)):
         shutil.rmtree(root / name, ignore_errors=True)
-    for name in ("redis.log", "weed.log", "filer.sock", "s3.sock", STATE_FILE):
+    logs = ("redis.log", "weed.log", "cluster-create.log", *(f"cluster-{n}.log" for n in nodes))
+    for name in (*logs, "filer.sock", "s3.sock", STATE_FILE):
         (root / name).unlink(missing_ok=True)
 
 
 def start(dir: Path, weed: str | None = None, *, die_with_parent: bool = False) -> Services:
-    """Start redis and SeaweedFS S3 with state in dir; write dir/services.json.
+    """Start redis, the redis cluster and SeaweedFS S3 with state in dir; write
+    dir/services.json.
 
-    die_with_parent: have the kernel SIGKILL both servers when the calling
+    die_with_parent: have the kernel SIGKILL every server when the calling
     thread's process dies (for test sessions; the CLI leaves it off so the
     servers outlive it). Call it from the main thread then: Linux ties the
     signal to the thread that started them.
@@ -493,15 +615,17 @@ def start(dir: Path, weed: str | None = None, *, die_with_parent: bool = False) 
     root.mkdir(parents=True, exist_ok=True)
     if _state_path(root).exists():
         old = _read(root)
-        if _is_ours(old.redis_pid, old.dir) or _is_ours(old.weed_pid, old.dir):
+        if any(_is_ours(pid, old.dir) for pid in _all_pids(old)):
             raise ServiceError(f"services already running in {root}; stop them first")
     _clear(root)
     weed_bin = _find_weed(weed)
-    redis_port, *weed_ports = _pick_ports(5)
+    redis_port, *ports = _pick_ports(5 + CLUSTER_NODES)
+    weed_ports, cluster_ports = ports[:4], ports[4:]
     keys = ("bbp" + secrets.token_hex(8), secrets.token_urlsafe(30))
     started: list[int] = []
     try:
         redis_pid = _start_redis(root, redis_port, die_with_parent, started)
+        cluster_pids = _start_cluster(root, cluster_ports, die_with_parent, started)
         weed_pid = _start_weed(
             root, weed_bin, weed_ports, keys=keys, tie=die_with_parent, started=started
         )
@@ -518,10 +642,10 @@ def start(dir: Path, weed: str | None = None, *, die_with_parent: bool = False) 
             redis_log=str(root / "redis.log"),
             weed_log=str(root / "weed.log"),
             weed_logdir=str(root / "weed-logs"),
+            redis_cluster_url=f"redis+cluster://127.0.0.1:{cluster_ports[0]}",
+            redis_cluster_pids=tuple(cluster_pids),
         )
-        tmp = _state_path(root).with_suffix(".tmp")
-        tmp.write_text(json.dumps(dataclasses.asdict(services), indent=2) + "\n")
-        tmp.replace(_state_path(root))
+        _write(services)
         return services
     except BaseException:
         # Includes a server that was spawned but failed its readiness check.
@@ -531,30 +655,67 @@ def start(dir: Path, weed: str | None = None, *, die_with_parent: bool = False) 
 
 
 def load(dir: Path) -> Services:
-    """The services recorded in dir/services.json; both must be running."""
+    """The services recorded in dir/services.json; all must be running."""
     services = _read(Path(dir).resolve())
-    for name, pid in (("redis-server", services.redis_pid), ("weed", services.weed_pid)):
+    named = [("redis-server", services.redis_pid), ("weed", services.weed_pid)]
+    named += [
+        (f"redis cluster node {n}", pid) for n, pid in enumerate(services.redis_cluster_pids, 1)
+    ]
+    for name, pid in named:
         if not _is_ours(pid, services.dir):
             raise ServiceError(f"{name} (pid {pid}) from {services.dir} is not running")
     return services
 
 
 def stop(services_or_dir: Services | Path | str) -> None:
-    """Kill both servers (only the PIDs started for this dir) and forget them."""
+    """Kill every server (only the PIDs started for this dir) and forget them."""
     if isinstance(services_or_dir, Services):
         services = services_or_dir
+        pids = _all_pids(services)
+        # restart_redis records the new redis-server there; a Services held
+        # since start() names only the old one.
+        if _state_path(Path(services.dir)).exists():
+            pids += _all_pids(_read(Path(services.dir)))
     else:
         root = Path(services_or_dir).resolve()
         if not _state_path(root).exists():
             return  # never started, already stopped, or a start that failed
         services = _read(root)
+        pids = _all_pids(services)
     sockets = _weed_grpc_sockets(services.weed_pid, services.dir)
-    _kill(services.weed_pid, services.dir)
-    _kill(services.redis_pid, services.dir)
+    for pid in dict.fromkeys(pids):  # no pid twice
+        _kill(pid, services.dir)
     for sock in sockets:
         sock.unlink(missing_ok=True)
     # A stale services.json would point the next run at dead ports.
     _state_path(Path(services.dir)).unlink(missing_ok=True)
+
+
+def restart_redis(services: Services, *, die_with_parent: bool = False) -> Services:
+    """SIGKILL the standalone redis-server and start it again on the same port.
+
+    It has no persistence, so every key is lost: what a crash of an unpersisted
+    Redis (or a failover to an empty replica) looks like to its clients.
+    Returns the services with the new pid, also written to dir/services.json
+    (stop() finds it there). die_with_parent: as for start().
+    """
+    root = Path(services.dir)
+    current = _read(root) if _state_path(root).exists() else services
+    pid = current.redis_pid
+    child = _children.pop(pid, None)
+    if child is not None:
+        child.kill()
+        child.wait(10.0)
+    elif _is_ours(pid, services.dir):
+        os.kill(pid, signal.SIGKILL)
+        if not _wait_gone(pid, services.dir, None, 10.0):
+            raise ServiceError(f"redis-server {pid} survived SIGKILL")
+    port = int(services.redis_url.rsplit(":", 1)[1].split("/")[0])
+    started: list[int] = []
+    new_pid = _start_redis(root, port, die_with_parent, started)
+    restarted = dataclasses.replace(current, redis_pid=new_pid)
+    _write(restarted)
+    return restarted
 
 
 def env_lines(services: Services) -> list[str]:
@@ -562,7 +723,10 @@ def env_lines(services: Services) -> list[str]:
     lines = [f"export BBP_TEST_SERVICES_DIR={shlex.quote(services.dir)}"]
     for field in dataclasses.fields(services):
         if field.name != "dir":
-            value = str(getattr(services, field.name))
+            value = getattr(services, field.name)
+            if isinstance(value, tuple):
+                value = " ".join(map(str, value))
+            value = str(value)
             lines.append(f"export BBP_TEST_{field.name.upper()}={shlex.quote(value)}")
     return lines
 
@@ -581,6 +745,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             began = time.monotonic()
             services = start(args.dir, args.weed)
             print(f"redis: {services.redis_url}")
+            print(f"redis cluster: {services.redis_cluster_url}")
             print(f"s3:    {services.s3_endpoint} (bucket {services.bucket})")
             took = time.monotonic() - began
             print(f"up in {took:.1f} s; state in {_state_path(Path(services.dir))}")

@@ -1,0 +1,678 @@
+"""``SQLiteCoordination``: the coordination contract in one SQLite file (``sqlite://`` URLs).
+
+For several processes (and threads) of ONE machine sharing one database file. Each thread
+has its own connection in autocommit mode, and every read-check-write is one
+``BEGIN IMMEDIATE`` transaction: it takes the database's single write lock before its
+first read, so two processes can never both see a lease free and both take it. WAL lets
+readers run beside the writer. A lock not granted within ``timeout_s`` (SQLite's busy
+timeout) is ``CoordinationUnavailable``.
+
+Clock: SQLite has no server clock, but all processes of one host share its wall clock,
+so deadlines are epoch milliseconds of ``time.time_ns()`` and a lease is live while
+``deadline_ms > now_ms``. Not ``time.monotonic()``: the file outlives a reboot, which
+restarts that clock. A wall-clock step can shorten or stretch a lease; a writer that
+outlived its lease is still refused by the store's create-only commit (DESIGN.md).
+
+A slot keeps its last owner's token after a release (as Redis keeps its ``owner`` key),
+so that owner can still index a checkpoint it committed, and a retried
+``mark_worker_done`` finds its own effect.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from bbp_dist_resume.coordination.models import (
+    CheckpointSummary,
+    Lease,
+    OperationInfo,
+    OperationStatus,
+    ReclaimClaim,
+    ResumePlan,
+)
+from bbp_dist_resume.errors import (
+    ConfigError,
+    CoordinationError,
+    CoordinationUnavailable,
+    FencedError,
+    InvalidCheckpoint,
+    InvalidIdentifier,
+    LeaseHeldError,
+    LeaseLostError,
+    UnknownOperation,
+)
+from bbp_dist_resume.ids import check_id, check_seq
+
+SCHEMA_VERSION = 1
+_LEADER = "coordinator"
+_POLL_S = 0.05
+_MAX_TTL_MS = 86_400_000
+
+# slots.deadline_ms is NULL until the first acquisition: a worker that never started has
+# no lease to expire, so the crash scan (deadline_ms <= now) skips it, as Redis does.
+# A release, or restart_fences on a slot with no live owner, sets 0: reclaim the slot.
+_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS instance (marker TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS operations (op TEXT PRIMARY KEY, status TEXT NOT NULL,
+        created_at REAL NOT NULL, config_path TEXT NOT NULL, workers TEXT NOT NULL,
+        stages TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS slots (op TEXT NOT NULL REFERENCES operations (op),
+        worker TEXT NOT NULL, owner_token TEXT, fence INTEGER NOT NULL DEFAULT 0,
+        deadline_ms INTEGER, done INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (op, worker))""",
+    "CREATE INDEX IF NOT EXISTS slots_deadline ON slots (deadline_ms) WHERE done = 0",
+    """CREATE TABLE IF NOT EXISTS index_entries (op TEXT NOT NULL, worker TEXT NOT NULL,
+        seq INTEGER NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (op, worker, seq),
+        FOREIGN KEY (op, worker) REFERENCES slots (op, worker))""",
+    """CREATE TABLE IF NOT EXISTS plans (op TEXT PRIMARY KEY REFERENCES operations (op),
+        generation INTEGER NOT NULL, body TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS reclaim (id INTEGER PRIMARY KEY AUTOINCREMENT,
+        op TEXT NOT NULL, worker TEXT NOT NULL, consumer TEXT, claimed_at_ms INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS leader (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
+        deadline_ms INTEGER NOT NULL)""",
+)
+_SLOT = "SELECT owner_token, fence, deadline_ms, done FROM slots WHERE op = ? AND worker = ?"
+_INDEX = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? ORDER BY seq"
+_LATEST = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? ORDER BY seq DESC LIMIT 1"
+_LOOKUP = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? AND seq = ?"
+_BUMP_GENERATION = (
+    "UPDATE operations SET generation = generation + 1 WHERE op = ? RETURNING generation"
+)
+_ADD_ENTRY = "INSERT OR IGNORE INTO index_entries VALUES (?, ?, ?, ?)"
+_CRASHED = (
+    "SELECT s.op, s.worker FROM slots s JOIN operations o ON o.op = s.op "
+    "WHERE o.status = ? AND s.done = 0 AND s.deadline_ms <= ? ORDER BY s.op, s.worker"
+)
+_CLAIMABLE = (
+    "SELECT id, op, worker FROM reclaim "
+    "WHERE consumer IS NULL OR claimed_at_ms <= ? ORDER BY id LIMIT 1"
+)
+# Taken when free, expired or already ours (then renewed); otherwise left as it is.
+_TAKE_LEADER = (
+    "INSERT INTO leader VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
+    "SET holder = excluded.holder, deadline_ms = excluded.deadline_ms "
+    "WHERE leader.holder = excluded.holder OR leader.deadline_ms <= ?"
+)
+_RESTART_FENCE = (
+    "UPDATE slots SET fence = MAX(fence, ?), deadline_ms = CASE WHEN owner_token IS NOT NULL "
+    "AND deadline_ms > ? THEN deadline_ms ELSE 0 END WHERE op = ? AND worker = ?"
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ThreadDb:
+    """One thread's connection, with the file (device, inode) and process it belongs to."""
+
+    db: sqlite3.Connection
+    ident: tuple[int, int] | None
+    pid: int
+
+
+class SQLiteCoordination:
+    """The ``Coordination`` protocol over one SQLite database file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 10.0) -> None:
+        self._path = Path(path).absolute()
+        self._timeout_s = float(_non_negative(timeout_s, "timeout_s"))
+        self._local = threading.local()
+        self._marker = self._connect()
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    def __enter__(self) -> SQLiteCoordination:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- connections and transactions ----------------------------------------------------
+
+    def _connect(self) -> str:
+        """Open this thread's connection, creating the schema; return the instance marker."""
+        _prepare_file(self._path)
+        # stat before connect: if the file is swapped in between, the next call sees the
+        # mismatch and reconnects, rather than going on with a deleted file.
+        ident = _file_ident(self._path)
+        with _translated(self._path):
+            db = sqlite3.connect(self._path, timeout=self._timeout_s, isolation_level=None)
+            try:
+                _configure(db, self._path, self._timeout_s)
+                with _transaction(db, write=True):
+                    marker = _ensure_schema(db, self._path)
+            except BaseException:
+                db.close()
+                raise
+        self._local.conn = _ThreadDb(db, ident, os.getpid())
+        return marker
+
+    def _db(self) -> sqlite3.Connection:
+        conn: _ThreadDb | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.pid == os.getpid():
+            if conn.ident is not None and conn.ident == _file_ident(self._path):
+                return conn.db
+            # The file was deleted or replaced (data loss): go on in the new file, where
+            # instance_ok() will not find this client's marker. SQLite neither
+            # checkpoints nor deletes a WAL when it closes a moved database.
+            conn.db.close()
+        # A connection inherited through fork() is neither used nor closed.
+        self._connect()
+        fresh: _ThreadDb = self._local.conn
+        return fresh.db
+
+    def _tx(self, *, write: bool = True) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        return _transaction(self._db(), write=write, path=self._path)
+
+    def close(self) -> None:
+        """Close this thread's connection (another thread's closes when that thread ends,
+        with its thread-local). Idempotent; a later call opens a new one."""
+        conn: _ThreadDb | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None and conn.pid == os.getpid():
+            conn.db.close()
+
+    # -- operations ----------------------------------------------------------------------
+
+    def create_operation(
+        self,
+        operation_id: str,
+        *,
+        workers: Sequence[str],
+        stages: Sequence[str] = (),
+        config_path: str = "",
+    ) -> OperationInfo:
+        op = check_id(operation_id, "operation id")
+        ws, ss = _id_list(workers, "worker id"), _id_list(stages, "stage name")
+        if not ws or len(set(ws)) != len(ws):
+            raise InvalidIdentifier("workers", workers, "must be a non-empty list of unique ids")
+        if not isinstance(config_path, str):
+            raise InvalidIdentifier("config path", config_path, "must be a string")
+        row = (op, OperationStatus.RUNNING.value, time.time(), config_path)
+        with self._tx() as db:
+            if _op_row(db, op, missing_ok=True) is None:
+                sql = "INSERT INTO operations VALUES (?, ?, ?, ?, ?, ?, 0)"
+                db.execute(sql, (*row, json.dumps(ws), json.dumps(ss)))
+                db.executemany(
+                    "INSERT INTO slots (op, worker) VALUES (?, ?)", [(op, w) for w in ws]
+                )
+            return _info(db, op)
+
+    def get_operation(self, operation_id: str) -> OperationInfo:
+        op = check_id(operation_id, "operation id")
+        with self._tx(write=False) as db:
+            return _info(db, op)
+
+    def set_status(self, operation_id: str, status: OperationStatus) -> None:
+        op, value = check_id(operation_id, "operation id"), _status(status).value
+        with self._tx() as db:
+            cur = db.execute("UPDATE operations SET status = ? WHERE op = ?", (value, op))
+            if cur.rowcount == 0:
+                raise UnknownOperation(op)
+
+    def list_operations(
+        self, statuses: Iterable[OperationStatus] | None = None
+    ) -> list[OperationInfo]:
+        wanted = None if statuses is None else {_status(s).value for s in statuses}
+        with self._tx(write=False) as db:
+            rows = db.execute("SELECT op, status FROM operations ORDER BY created_at, rowid")
+            ops = [op for op, status in rows.fetchall() if wanted is None or status in wanted]
+            return [_info(db, op) for op in ops]
+
+    # -- leases --------------------------------------------------------------------------
+
+    def acquire(self, operation_id: str, worker_id: str, *, ttl_ms: int) -> Lease:
+        op, worker = _op_worker(operation_id, worker_id)
+        ttl = _ttl(ttl_ms)
+        started = time.monotonic()  # before the transaction: never later than the file's
+        token = uuid.uuid4().hex
+        with self._tx() as db:
+            now = _now_ms()
+            slot = _member_slot(db, op, worker)
+            if _live(slot, now):
+                raise LeaseHeldError(op, worker)
+            fence = int(slot["fence"]) + 1
+            db.execute(
+                "UPDATE slots SET owner_token = ?, fence = ?, deadline_ms = ? "
+                "WHERE op = ? AND worker = ?",
+                (token, fence, now + ttl, op, worker),
+            )
+        return Lease(
+            operation_id=op,
+            worker_id=worker,
+            owner_token=token,
+            fence=fence,
+            ttl_ms=ttl,
+            renewed_at=started,
+        )
+
+    def renew(self, lease: Lease) -> Lease:
+        ttl = _ttl(lease.ttl_ms)
+        started = time.monotonic()
+        with self._tx() as db:
+            now = _owned(db, lease, "renew")
+            sql = "UPDATE slots SET deadline_ms = ? WHERE op = ? AND worker = ?"
+            db.execute(sql, (now + ttl, *_key(lease)))
+        return dataclasses.replace(lease, renewed_at=started)
+
+    def release(self, lease: Lease) -> None:
+        with self._tx() as db:
+            _owned(db, lease, "release")
+            db.execute("UPDATE slots SET deadline_ms = 0 WHERE op = ? AND worker = ?", _key(lease))
+
+    def mark_worker_done(self, lease: Lease) -> OperationInfo:
+        with self._tx() as db:
+            slot = _slot(db, *_key(lease))
+            again = slot is not None and slot["done"] and slot["owner_token"] == lease.owner_token
+            if not again:  # a retry whose first try landed returns the same answer
+                _owned(db, lease, "mark done")
+            sql = "UPDATE slots SET done = 1, deadline_ms = 0 WHERE op = ? AND worker = ?"
+            db.execute(sql, _key(lease))
+            db.execute(
+                "UPDATE operations SET status = ? WHERE op = ? AND NOT EXISTS "
+                "(SELECT 1 FROM slots WHERE op = operations.op AND done = 0)",
+                (OperationStatus.COMPLETED.value, lease.operation_id),
+            )
+            return _info(db, lease.operation_id)
+
+    def crashed_workers(self) -> list[tuple[str, str]]:
+        with self._tx(write=False) as db:
+            rows = db.execute(_CRASHED, (OperationStatus.RUNNING.value, _now_ms())).fetchall()
+        return [(str(op), str(worker)) for op, worker in rows]
+
+    def fence_of(self, operation_id: str, worker_id: str) -> int:
+        op, worker = _op_worker(operation_id, worker_id)
+        with self._tx(write=False) as db:
+            return int(_member_slot(db, op, worker)["fence"])
+
+    # -- checkpoint index ----------------------------------------------------------------
+
+    def record(self, lease: Lease, summary: CheckpointSummary) -> None:
+        """No liveness check: the store commit already happened, so only the owner token
+        and fence must still be the slot's. A seq already indexed keeps its first entry
+        (the store's create-only write makes a second summary of one seq impossible)."""
+        op, worker = _op_worker(lease.operation_id, lease.worker_id)
+        text = _summary_json(summary)
+        with self._tx() as db:
+            slot = _slot(db, op, worker)
+            token_ok = slot is not None and slot["owner_token"] == lease.owner_token
+            if not token_ok or slot["fence"] != lease.fence:
+                raise FencedError(op, worker, lease.fence)
+            db.execute(_ADD_ENTRY, (op, worker, summary.seq, text))
+
+    def index(self, operation_id: str, worker_id: str) -> list[CheckpointSummary]:
+        return self._entries(operation_id, worker_id, _INDEX)
+
+    def index_all(self, operation_id: str) -> dict[str, list[CheckpointSummary]]:
+        op = check_id(operation_id, "operation id")
+        with self._tx(write=False) as db:
+            out: dict[str, list[CheckpointSummary]] = {
+                w: [] for w in json.loads(_op_row(db, op)["workers"])
+            }
+            sql = "SELECT worker, summary FROM index_entries WHERE op = ? ORDER BY worker, seq"
+            for worker, text in db.execute(sql, (op,)).fetchall():
+                out.setdefault(worker, []).append(_summary(text))
+        return out
+
+    def latest(self, operation_id: str, worker_id: str) -> CheckpointSummary | None:
+        found = self._entries(operation_id, worker_id, _LATEST)
+        return found[0] if found else None
+
+    def lookup(self, operation_id: str, worker_id: str, seq: int) -> CheckpointSummary | None:
+        found = self._entries(operation_id, worker_id, _LOOKUP, check_seq(seq))
+        return found[0] if found else None
+
+    def _entries(self, op: str, worker: str, sql: str, *args: int) -> list[CheckpointSummary]:
+        op, worker = _op_worker(op, worker)
+        with self._tx(write=False) as db:
+            _member_slot(db, op, worker)
+            rows = db.execute(sql, (op, worker, *args)).fetchall()
+        return [_summary(text) for (text,) in rows]
+
+    def delete_entries(self, operation_id: str, worker_id: str, seqs: Iterable[int]) -> None:
+        op, worker = _op_worker(operation_id, worker_id)
+        doomed = [(op, worker, check_seq(s)) for s in seqs]
+        with self._tx() as db:
+            _member_slot(db, op, worker)
+            sql = "DELETE FROM index_entries WHERE op = ? AND worker = ? AND seq = ?"
+            db.executemany(sql, doomed)
+
+    def repair(
+        self, operation_id: str, worker_id: str, summaries: Iterable[CheckpointSummary]
+    ) -> int:
+        op, worker = _op_worker(operation_id, worker_id)
+        rows = [(op, worker, s.seq, _summary_json(s)) for s in summaries]
+        with self._tx() as db:
+            _member_slot(db, op, worker)
+            # executemany sums the rows changed; INSERT OR IGNORE changes none for a seq
+            # that is already there.
+            return max(db.executemany(_ADD_ENTRY, rows).rowcount, 0)
+
+    # -- resume plans --------------------------------------------------------------------
+
+    def publish_plan(self, operation_id: str, body: Mapping[str, Any]) -> ResumePlan:
+        op = check_id(operation_id, "operation id")
+        text = _plan_json(body)
+        with self._tx() as db:
+            bumped = db.execute(_BUMP_GENERATION, (op,)).fetchall()
+            if not bumped:
+                raise UnknownOperation(op)
+            generation = int(bumped[0][0])
+            db.execute("INSERT OR REPLACE INTO plans VALUES (?, ?, ?)", (op, generation, text))
+        return ResumePlan(operation_id=op, generation=generation, body=json.loads(text))
+
+    def read_plan(self, operation_id: str) -> ResumePlan | None:
+        op = check_id(operation_id, "operation id")
+        with self._tx(write=False) as db:
+            _op_row(db, op)
+            row = db.execute("SELECT generation, body FROM plans WHERE op = ?", (op,)).fetchone()
+        if row is None:
+            return None
+        return ResumePlan(operation_id=op, generation=int(row[0]), body=json.loads(row[1]))
+
+    def wait_plan(self, operation_id: str, after: int, timeout: float) -> ResumePlan | None:
+        _non_negative(after, "after")
+        end = time.monotonic() + _non_negative(timeout, "timeout")
+        while True:
+            plan = self.read_plan(operation_id)
+            if plan is not None and plan.generation > after:
+                return plan
+            left = end - time.monotonic()
+            if left <= 0:
+                return None
+            time.sleep(min(_POLL_S, left))
+
+    # -- reclaim queue -------------------------------------------------------------------
+
+    def reclaim_push(self, operation_id: str, worker_id: str) -> None:
+        op, worker = _op_worker(operation_id, worker_id)
+        with self._tx() as db:
+            _member_slot(db, op, worker)
+            db.execute("INSERT INTO reclaim (op, worker) VALUES (?, ?)", (op, worker))
+
+    def reclaim_claim(self, consumer: str, *, stale_after_ms: int) -> ReclaimClaim | None:
+        who = check_id(consumer, "consumer id")
+        stale = _non_negative(stale_after_ms, "stale_after_ms")
+        with self._tx() as db:
+            now = _now_ms()
+            row = db.execute(_CLAIMABLE, (now - stale,)).fetchone()
+            if row is None:
+                return None
+            sql = "UPDATE reclaim SET consumer = ?, claimed_at_ms = ? WHERE id = ?"
+            db.execute(sql, (who, now, row["id"]))
+        return ReclaimClaim(
+            entry_id=str(row["id"]), operation_id=row["op"], worker_id=row["worker"], consumer=who
+        )
+
+    def reclaim_ack(self, claim: ReclaimClaim) -> None:
+        """Drop the entry only while ``claim.consumer`` holds it: a claim that went stale
+        and was claimed again belongs to its new claimant."""
+        who = check_id(claim.consumer, "consumer id")
+        entry = claim.entry_id
+        if not (isinstance(entry, str) and entry.isascii() and entry.isdigit()):
+            raise InvalidIdentifier("reclaim entry id", entry, "must be a decimal number")
+        with self._tx() as db:
+            db.execute("DELETE FROM reclaim WHERE id = ? AND consumer = ?", (int(entry), who))
+
+    # -- coordinator leader lease --------------------------------------------------------
+
+    def acquire_leader(self, coordinator_id: str, *, ttl_ms: int) -> bool:
+        who, ttl = check_id(coordinator_id, "coordinator id"), _ttl(ttl_ms)
+        with self._tx() as db:
+            now = _now_ms()
+            return db.execute(_TAKE_LEADER, (_LEADER, who, now + ttl, now)).rowcount == 1
+
+    def release_leader(self, coordinator_id: str) -> None:
+        who = check_id(coordinator_id, "coordinator id")
+        with self._tx() as db:
+            db.execute("DELETE FROM leader WHERE name = ? AND holder = ?", (_LEADER, who))
+
+    # -- data loss -----------------------------------------------------------------------
+
+    def instance_ok(self) -> bool:
+        with self._tx(write=False) as db:
+            found = db.execute("SELECT 1 FROM instance WHERE marker = ?", (self._marker,))
+            return found.fetchone() is not None
+
+    def reset_instance(self) -> None:
+        marker = uuid.uuid4().hex
+        with self._tx() as db:
+            db.execute("DELETE FROM instance")
+            db.execute("INSERT INTO instance VALUES (?)", (marker,))
+        self._marker = marker
+
+    def restart_fences(self, operation_id: str, worker_id: str, above: int) -> None:
+        """A slot row that is missing is created again, for a worker of the operation."""
+        op, worker = _op_worker(operation_id, worker_id)
+        if isinstance(above, bool) or not isinstance(above, int) or above < 0:
+            raise InvalidCheckpoint(f"a fence floor must be an integer >= 0, not {above!r}")
+        with self._tx() as db:
+            if worker not in json.loads(_op_row(db, op)["workers"]):
+                raise _not_a_worker(op, worker)
+            db.execute("INSERT OR IGNORE INTO slots (op, worker) VALUES (?, ?)", (op, worker))
+            db.execute(_RESTART_FENCE, (above, _now_ms(), op, worker))
+
+
+# -- helpers ------------------------------------------------------------------------------
+
+
+def _now_ms() -> int:
+    """The host's wall clock in epoch ms: the one clock every process here shares."""
+    return time.time_ns() // 1_000_000
+
+
+@contextlib.contextmanager
+def _transaction(
+    db: sqlite3.Connection, *, write: bool, path: Path | None = None
+) -> Iterator[sqlite3.Connection]:
+    """IMMEDIATE takes the write lock before the first read, so no other process can
+    change what a read-check-write has checked; a plain BEGIN gives reads one snapshot."""
+    try:
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        yield db
+        db.execute("COMMIT")
+    except BaseException as exc:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        if path is not None and isinstance(exc, sqlite3.Error):
+            raise _translate(exc, path) from exc
+        raise
+
+
+@contextlib.contextmanager
+def _translated(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise _translate(exc, path) from exc
+
+
+def _busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def _translate(exc: sqlite3.Error, path: Path) -> CoordinationError:
+    if _busy(exc):
+        return CoordinationUnavailable(f"SQLite database {str(path)!r} stayed locked: {exc}")
+    return CoordinationError(f"SQLite database {str(path)!r} failed: {exc}")
+
+
+def _configure(db: sqlite3.Connection, path: Path, timeout_s: float) -> None:
+    mode = _enable_wal(db, timeout_s)
+    if str(mode).lower() != "wal":
+        raise CoordinationError(f"SQLite database {str(path)!r} cannot use WAL (got {mode!r})")
+    # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on a power cut, and a
+    # lost fence increment would give a later owner the fence an earlier one already
+    # wrote into the store. It costs one WAL fsync per write; reads pay nothing.
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.row_factory = sqlite3.Row
+
+
+def _enable_wal(db: sqlite3.Connection, timeout_s: float) -> str:
+    """Switch to WAL, retrying while busy: SQLite does not call the busy handler for this
+    lock upgrade (it could deadlock), so processes opening a new file at once collide."""
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() >= end:
+                raise
+        time.sleep(0.01)
+
+
+def _ensure_schema(db: sqlite3.Connection, path: Path) -> str:
+    """Create what is missing (idempotent); return the instance marker."""
+    for statement in _SCHEMA:
+        db.execute(statement)
+    sql = "INSERT INTO {0} SELECT ? WHERE NOT EXISTS (SELECT 1 FROM {0})"
+    db.execute(sql.format("schema_version"), (SCHEMA_VERSION,))
+    version = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise CoordinationError(
+            f"SQLite database {str(path)!r} has schema version {version}; "
+            f"this library reads version {SCHEMA_VERSION}"
+        )
+    db.execute(sql.format("instance"), (uuid.uuid4().hex,))
+    return str(db.execute("SELECT marker FROM instance LIMIT 1").fetchone()[0])
+
+
+def _prepare_file(path: Path) -> None:
+    """Folders 0700 and the file 0600: the index names what the store holds. SQLite
+    gives its -wal and -shm files the database file's mode."""
+    try:
+        missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        msg = f"cannot create SQLite database {str(path)!r}: {exc.strerror}"
+        raise CoordinationError(msg) from exc
+
+
+def _file_ident(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _op_worker(operation_id: str, worker_id: str) -> tuple[str, str]:
+    return check_id(operation_id, "operation id"), check_id(worker_id, "worker id")
+
+
+def _key(lease: Lease) -> tuple[str, str]:
+    return _op_worker(lease.operation_id, lease.worker_id)
+
+
+def _id_list(values: Sequence[str], kind: str) -> list[str]:
+    if isinstance(values, str | bytes):  # a str is a Sequence[str] of its letters
+        raise InvalidIdentifier(kind + "s", values, "must be a list of ids, not a string")
+    return [check_id(v, kind) for v in values]
+
+
+def _status(value: str) -> OperationStatus:
+    try:
+        return OperationStatus(value)
+    except ValueError:
+        raise InvalidIdentifier("operation status", value, "not an OperationStatus") from None
+
+
+def _ttl(ttl_ms: int) -> int:
+    # Same bounds and error as the Redis backend.
+    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or not 1 <= ttl_ms <= _MAX_TTL_MS:
+        raise ConfigError([("lease_ttl", f"must be 1 ms to 1 day, not {ttl_ms!r}")])
+    return ttl_ms
+
+
+def _non_negative(value: float, kind: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise InvalidCheckpoint(f"{kind} must be a number >= 0, not {value!r}")
+    return value
+
+
+def _op_row(db: sqlite3.Connection, op: str, *, missing_ok: bool = False) -> Any:
+    row = db.execute("SELECT * FROM operations WHERE op = ?", (op,)).fetchone()
+    if row is None and not missing_ok:
+        raise UnknownOperation(op)
+    return row
+
+
+def _slot(db: sqlite3.Connection, op: str, worker: str) -> Any:
+    return db.execute(_SLOT, (op, worker)).fetchone()
+
+
+def _member_slot(db: sqlite3.Connection, op: str, worker: str) -> Any:
+    """The slot; UnknownOperation for an unknown op, InvalidIdentifier for a stranger."""
+    slot = _slot(db, op, worker)
+    if slot is None:
+        _op_row(db, op)
+        raise _not_a_worker(op, worker)
+    return slot
+
+
+def _not_a_worker(op: str, worker: str) -> InvalidIdentifier:
+    return InvalidIdentifier("worker id", worker, f"not a worker of operation {op!r}")
+
+
+def _live(slot: Any, now_ms: int) -> bool:
+    return slot["owner_token"] is not None and (slot["deadline_ms"] or 0) > now_ms
+
+
+def _owned(db: sqlite3.Connection, lease: Lease, action: str) -> int:
+    """Now (ms) if ``lease`` is the slot's live owner, else ``LeaseLostError``; a slot
+    that is gone (data loss) is a lost lease too: its holder must stop."""
+    op, worker = _key(lease)
+    now = _now_ms()
+    slot = _slot(db, op, worker)
+    if slot is None or slot["owner_token"] != lease.owner_token or not _live(slot, now):
+        raise LeaseLostError(op, worker, f"cannot {action}: expired, released or taken over")
+    return now
+
+
+def _info(db: sqlite3.Connection, op: str) -> OperationInfo:
+    row = _op_row(db, op)
+    done = db.execute("SELECT worker FROM slots WHERE op = ? AND done = 1", (op,)).fetchall()
+    return OperationInfo(
+        operation_id=op,
+        status=OperationStatus(row["status"]),
+        created_at=float(row["created_at"]),
+        config_path=row["config_path"],
+        workers=tuple(json.loads(row["workers"])),
+        stages=tuple(json.loads(row["stages"])),
+        generation=int(row["generation"]),
+        done_workers=frozenset(w for (w,) in done),
+    )
+
+
+def _summary_json(summary: CheckpointSummary) -> str:
+    if not isinstance(summary, CheckpointSummary):
+        raise InvalidCheckpoint(f"expected a CheckpointSummary, got {type(summary).__name__}")
+    return summary.model_dump_json()
+
+
+def _summary(text: str) -> CheckpointSummary:
+    return CheckpointSummary.model_validate_json(text)  # parsed, never eval'd or unpickled
+
+
+def _plan_json(body: Mapping[str, Any]) -> str:
+    try:
+        if not isinstance(body, Mapping):
+            raise TypeError(f"expected a mapping, got {type(body).__name__}")
+        return json.dumps(dict(body), sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise InvalidCheckpoint(f"a resume plan must be plain JSON: {exc}") from None
