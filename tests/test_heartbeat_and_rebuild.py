@@ -34,10 +34,12 @@ def test_a_heartbeat_keeps_a_short_lease_alive(coord: Coordination) -> None:
     lease = coord.acquire("op", "w0", ttl_ms=600)
     beat = Heartbeat(coord, lease).start()
     try:
+        beat.set_progress(42.5)
         time.sleep(1.5)  # well past the ttl: only renewals keep it
         assert not beat.lost.is_set()
         assert beat.check().renewed_at > lease.renewed_at
         assert coord.crashed_workers() == []
+        assert coord.get_operation("op").progress == {"w0": 42.5}
     finally:
         beat.stop()
 

@@ -73,14 +73,17 @@ class Coordination(Protocol):
         """
         ...
 
-    def renew(self, lease: Lease) -> Lease:
-        """Extend the lease by its ttl. Raises ``LeaseLostError`` unless the caller still
-        owns it (expired, or acquired by another owner); a lost lease is never revived."""
+    def renew(self, lease: Lease, *, progress: float | None = None) -> Lease:
+        """Extend the lease by its ttl, and record the worker's ``progress`` (percent) in
+        the same step when given. Raises ``LeaseLostError`` unless the caller still owns
+        it (expired, or acquired by another owner); a lost lease is never revived."""
         ...
 
     def release(self, lease: Lease) -> None:
         """Give the lease up. Raises ``LeaseLostError`` if the caller does not own it
-        (released twice, expired, or taken over)."""
+        (released twice, expired, or taken over). The owner's token and fence stay the
+        slot's current ones until the next acquisition, so ``record`` still accepts a
+        checkpoint it committed before releasing."""
         ...
 
     def mark_worker_done(self, lease: Lease) -> OperationInfo:
@@ -90,7 +93,9 @@ class Coordination(Protocol):
 
     def crashed_workers(self) -> list[tuple[str, str]]:
         """``(operation_id, worker_id)`` of every worker whose lease deadline passed while
-        its operation is RUNNING and it is not done, over all operations."""
+        its operation is RUNNING and it is not done, over all operations. A worker that
+        never took its lease is not crashed (its process may not have started yet); one
+        that released it without finishing is."""
         ...
 
     def fence_of(self, operation_id: str, worker_id: str) -> int:

@@ -1,7 +1,8 @@
 """``Heartbeat``: a daemon thread that keeps one lease alive, and says at once when it
 cannot.
 
-It renews every ``interval`` seconds (default ``ttl/3``). The moment a renewal is
+It renews every ``interval`` seconds (default ``ttl/3``), carrying the worker's latest
+progress (``set_progress``) with each renewal. The moment a renewal is
 refused, or the lease's local deadline passes without a confirmed renewal (the backend
 is unreachable), ``lost`` is set and stays set: the owner must stop, because its slot
 may already belong to someone else. ``check()`` is the cheap test for every call.
@@ -38,6 +39,7 @@ class Heartbeat:
         self._on_lost = on_lost
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._progress: float | None = None
         self.lost = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"bbp-heartbeat-{lease.worker_id}", daemon=True
@@ -48,6 +50,11 @@ class Heartbeat:
         """The lease as last confirmed by the backend."""
         with self._lock:
             return self._lease
+
+    def set_progress(self, percent: float) -> None:
+        """Report ``percent`` with the next renewal (no round trip of its own)."""
+        with self._lock:
+            self._progress = percent
 
     def start(self) -> Heartbeat:
         self._thread.start()
@@ -74,9 +81,10 @@ class Heartbeat:
                 return
 
     def _beat(self) -> bool:
-        lease = self.lease
+        with self._lock:
+            lease, progress = self._lease, self._progress
         try:
-            renewed = self._coord.renew(lease)
+            renewed = self._coord.renew(lease, progress=progress)
         except LeaseLostError:
             self._mark_lost("renewal refused")
             return False

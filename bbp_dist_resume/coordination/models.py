@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -30,6 +31,7 @@ class OperationInfo:
         workers: the worker ids the operation was created with.
         done_workers: workers that called ``mark_worker_done``.
         generation: the generation of the current resume plan (0: none published).
+        progress: worker -> percent done, as last reported with a heartbeat.
     """
 
     operation_id: str
@@ -40,6 +42,7 @@ class OperationInfo:
     stages: tuple[str, ...]
     generation: int = 0
     done_workers: frozenset[str] = field(default_factory=frozenset)
+    progress: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -168,14 +168,15 @@ class RedisCoordination:
         # is the truth, so a lost update here can delay nothing but a scan hit.
         self._retry(lambda: self._r.zadd(K.ALL_DEADLINES, {K.slot_member(op, worker): deadline}))
 
-    def renew(self, lease: Lease) -> Lease:
+    def renew(self, lease: Lease, *, progress: float | None = None) -> Lease:
+        shown = _progress(progress)
         slot = _slot_keys(lease.operation_id, lease.worker_id)
         started = time.monotonic()
         deadline = self._retry(
             lambda: self._script(
                 "RENEW",
-                [slot["lease"], slot["deadlines"]],
-                [lease.owner_token, _ttl(lease.ttl_ms), lease.worker_id],
+                [slot["lease"], slot["deadlines"], slot["meta"]],
+                [lease.owner_token, _ttl(lease.ttl_ms), lease.worker_id, shown],
             )
         )
         if not deadline:
@@ -435,6 +436,18 @@ def _ttl(ttl_ms: int) -> int:
     return ttl_ms
 
 
+def _progress(progress: float | None) -> str:
+    if progress is None:
+        return ""
+    if (
+        isinstance(progress, bool)
+        or not isinstance(progress, int | float)
+        or not (0.0 <= progress <= 100.0)
+    ):
+        raise InvalidCheckpoint(f"progress must be a percentage, not {progress!r}")
+    return repr(float(progress))
+
+
 def _info(op: str, fields: dict[str, str], finished: set[str]) -> OperationInfo:
     return OperationInfo(
         operation_id=op,
@@ -445,6 +458,11 @@ def _info(op: str, fields: dict[str, str], finished: set[str]) -> OperationInfo:
         stages=tuple(json.loads(fields["stages"])),
         generation=int(fields.get("generation", 0)),
         done_workers=frozenset(finished),
+        progress={
+            k.removeprefix("progress:"): float(v)
+            for k, v in fields.items()
+            if k.startswith("progress:")
+        },
     )
 
 

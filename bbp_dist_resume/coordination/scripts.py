@@ -54,14 +54,15 @@ return {f, deadline}
 
 RENEW = (
     """
--- KEYS[1] lease, KEYS[2] deadlines
--- ARGV[1] owner token, ARGV[2] ttl ms, ARGV[3] worker
+-- KEYS[1] lease, KEYS[2] deadlines, KEYS[3] meta
+-- ARGV[1] owner token, ARGV[2] ttl ms, ARGV[3] worker, ARGV[4] progress or ''
 -- Returns the new deadline (ms), or 0 when the caller does not hold the lease: an
 -- expired lease is gone and is never revived.
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 """
     + _NOW_MS
     + """
+if ARGV[4] ~= '' then redis.call('HSET', KEYS[3], 'progress:' .. ARGV[3], ARGV[4]) end
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
 local deadline = now + tonumber(ARGV[2])
 redis.call('ZADD', KEYS[2], deadline, ARGV[3])

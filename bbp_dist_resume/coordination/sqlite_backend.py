@@ -69,7 +69,8 @@ _SCHEMA = (
         stages TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0)""",
     """CREATE TABLE IF NOT EXISTS slots (op TEXT NOT NULL REFERENCES operations (op),
         worker TEXT NOT NULL, owner_token TEXT, fence INTEGER NOT NULL DEFAULT 0,
-        deadline_ms INTEGER, done INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (op, worker))""",
+        deadline_ms INTEGER, done INTEGER NOT NULL DEFAULT 0, progress REAL,
+        PRIMARY KEY (op, worker))""",
     "CREATE INDEX IF NOT EXISTS slots_deadline ON slots (deadline_ms) WHERE done = 0",
     """CREATE TABLE IF NOT EXISTS index_entries (op TEXT NOT NULL, worker TEXT NOT NULL,
         seq INTEGER NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (op, worker, seq),
@@ -256,13 +257,16 @@ class SQLiteCoordination:
             renewed_at=started,
         )
 
-    def renew(self, lease: Lease) -> Lease:
-        ttl = _ttl(lease.ttl_ms)
+    def renew(self, lease: Lease, *, progress: float | None = None) -> Lease:
+        ttl, shown = _ttl(lease.ttl_ms), _progress(progress)
         started = time.monotonic()
         with self._tx() as db:
             now = _owned(db, lease, "renew")
-            sql = "UPDATE slots SET deadline_ms = ? WHERE op = ? AND worker = ?"
-            db.execute(sql, (now + ttl, *_key(lease)))
+            sql = (
+                "UPDATE slots SET deadline_ms = ?, progress = COALESCE(?, progress)"
+                " WHERE op = ? AND worker = ?"
+            )
+            db.execute(sql, (now + ttl, shown, *_key(lease)))
         return dataclasses.replace(lease, renewed_at=started)
 
     def release(self, lease: Lease) -> None:
@@ -644,9 +648,24 @@ def _owned(db: sqlite3.Connection, lease: Lease, action: str) -> int:
     return now
 
 
+def _progress(progress: float | None) -> float | None:
+    if progress is None:
+        return None
+    if (
+        isinstance(progress, bool)
+        or not isinstance(progress, int | float)
+        or not (0.0 <= progress <= 100.0)
+    ):
+        raise InvalidCheckpoint(f"progress must be a percentage, not {progress!r}")
+    return float(progress)
+
+
 def _info(db: sqlite3.Connection, op: str) -> OperationInfo:
     row = _op_row(db, op)
     done = db.execute("SELECT worker FROM slots WHERE op = ? AND done = 1", (op,)).fetchall()
+    shown = db.execute(
+        "SELECT worker, progress FROM slots WHERE op = ? AND progress IS NOT NULL", (op,)
+    ).fetchall()
     return OperationInfo(
         operation_id=op,
         status=OperationStatus(row["status"]),
@@ -656,6 +675,7 @@ def _info(db: sqlite3.Connection, op: str) -> OperationInfo:
         stages=tuple(json.loads(row["stages"])),
         generation=int(row["generation"]),
         done_workers=frozenset(w for (w,) in done),
+        progress={w: float(p) for w, p in shown},
     )
 
 
