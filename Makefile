@@ -31,6 +31,7 @@ test: lint
 
 bench: venv
 	$(BIN)/python benchmarks/bench_repository.py
+	$(BIN)/python benchmarks/bench_coordination.py
 
 services-up: venv
 	$(BIN)/python infra/dev/services.py start --dir .services

@@ -7,6 +7,11 @@ from bbp_dist_resume import errors
 
 EXPECTED = {
     "BBPError",
+    "CoordinationUnavailable",
+    "FencedError",
+    "LeaseHeldError",
+    "LeaseLostError",
+    "UnknownOperation",
     "BucketNotFound",
     "CheckpointConfig",
     "CheckpointGranularity",

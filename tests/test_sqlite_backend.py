@@ -25,7 +25,8 @@ from bbp_dist_resume.coordination.models import (
     OperationStatus,
     ReclaimClaim,
 )
-from bbp_dist_resume.coordination.sqlite_backend import SCHEMA_VERSION, SQLiteCoordination
+from bbp_dist_resume.coordination.sqlite_backend import SQLiteCoordination
+from bbp_dist_resume.coordination.sqlite_db import SCHEMA_VERSION
 from bbp_dist_resume.errors import (
     ConfigError,
     CoordinationError,

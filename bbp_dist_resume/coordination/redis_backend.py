@@ -227,9 +227,17 @@ class RedisCoordination:
             return list(pipe.execute())
 
         got = self._retry(check)
-        return sorted(
-            (op, w) for i, (op, w) in enumerate(slots) if _crashed(got[4 * i : 4 * i + 4])
-        )
+        facts = [got[4 * i : 4 * i + 4] for i in range(len(slots))]
+        # Slots of deleted operations and finished workers never crash again: drop them,
+        # so the candidates of a scan do not grow with the history.
+        gone = [
+            K.slot_member(op, w)
+            for (op, w), f in zip(slots, facts, strict=True)
+            if f[0] is None or f[1]
+        ]
+        if gone:
+            self._retry(lambda: self._r.zrem(K.ALL_DEADLINES, *gone))
+        return sorted(slot for slot, f in zip(slots, facts, strict=True) if _crashed(f))
 
     def fence_of(self, operation_id: str, worker_id: str) -> int:
         self._require_worker(operation_id, worker_id)

@@ -1,0 +1,204 @@
+"""The SQLite backend's file, connections, schema and transactions."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from bbp_dist_resume.errors import CoordinationError, CoordinationUnavailable
+
+SCHEMA_VERSION = 1
+
+# slots.deadline_ms is NULL until the first acquisition: a worker that never started has
+# no lease to expire, so the crash scan (deadline_ms <= now) skips it, as Redis does.
+# A release, or restart_fences on a slot with no live owner, sets 0: reclaim the slot.
+SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
+    "CREATE TABLE IF NOT EXISTS instance (marker TEXT NOT NULL)",
+    """CREATE TABLE IF NOT EXISTS operations (op TEXT PRIMARY KEY, status TEXT NOT NULL,
+        created_at REAL NOT NULL, config_path TEXT NOT NULL, workers TEXT NOT NULL,
+        stages TEXT NOT NULL, generation INTEGER NOT NULL DEFAULT 0)""",
+    """CREATE TABLE IF NOT EXISTS slots (op TEXT NOT NULL REFERENCES operations (op),
+        worker TEXT NOT NULL, owner_token TEXT, fence INTEGER NOT NULL DEFAULT 0,
+        deadline_ms INTEGER, done INTEGER NOT NULL DEFAULT 0, progress REAL,
+        PRIMARY KEY (op, worker))""",
+    "CREATE INDEX IF NOT EXISTS slots_deadline ON slots (deadline_ms) WHERE done = 0",
+    """CREATE TABLE IF NOT EXISTS index_entries (op TEXT NOT NULL, worker TEXT NOT NULL,
+        seq INTEGER NOT NULL, summary TEXT NOT NULL, PRIMARY KEY (op, worker, seq),
+        FOREIGN KEY (op, worker) REFERENCES slots (op, worker))""",
+    """CREATE TABLE IF NOT EXISTS plans (op TEXT PRIMARY KEY REFERENCES operations (op),
+        generation INTEGER NOT NULL, body TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS reclaim (id INTEGER PRIMARY KEY AUTOINCREMENT,
+        op TEXT NOT NULL, worker TEXT NOT NULL, consumer TEXT, claimed_at_ms INTEGER)""",
+    """CREATE TABLE IF NOT EXISTS leader (name TEXT PRIMARY KEY, holder TEXT NOT NULL,
+        deadline_ms INTEGER NOT NULL)""",
+)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _ThreadDb:
+    """One thread's connection, with the file (device, inode) and process it belongs to."""
+
+    db: sqlite3.Connection
+    ident: tuple[int, int] | None
+    pid: int
+
+
+class ThreadConnections:
+    """One connection per thread (and per process: never one inherited through fork)."""
+
+    def __init__(self, path: Path, timeout_s: float) -> None:
+        self._path = path
+        self._timeout_s = timeout_s
+        self._local = threading.local()
+
+    def connect(self) -> str:
+        """Open this thread's connection, creating the schema; return the instance marker."""
+        prepare_file(self._path)
+        # stat before connect: if the file is swapped in between, the next call sees the
+        # mismatch and reconnects, rather than going on with a deleted file.
+        ident = file_ident(self._path)
+        with translated(self._path):
+            db = sqlite3.connect(self._path, timeout=self._timeout_s, isolation_level=None)
+            try:
+                configure(db, self._path, self._timeout_s)
+                with transaction(db, write=True):
+                    marker = ensure_schema(db, self._path)
+            except BaseException:
+                db.close()
+                raise
+        self._local.conn = _ThreadDb(db, ident, os.getpid())
+        return marker
+
+    def db(self) -> sqlite3.Connection:
+        conn: _ThreadDb | None = getattr(self._local, "conn", None)
+        if conn is not None and conn.pid == os.getpid():
+            if conn.ident is not None and conn.ident == file_ident(self._path):
+                return conn.db
+            # The file was deleted or replaced (data loss): go on in the new file, where
+            # instance_ok() will not find this client's marker. SQLite neither
+            # checkpoints nor deletes a WAL when it closes a moved database.
+            conn.db.close()
+        # A connection inherited through fork() is neither used nor closed.
+        self.connect()
+        fresh: _ThreadDb = self._local.conn
+        return fresh.db
+
+    def close(self) -> None:
+        """Close this thread's connection. Idempotent; a later call opens a new one."""
+        conn: _ThreadDb | None = getattr(self._local, "conn", None)
+        self._local.conn = None
+        if conn is not None and conn.pid == os.getpid():
+            conn.db.close()
+
+
+def now_ms() -> int:
+    """The host's wall clock in epoch ms: the one clock every process here shares."""
+    return time.time_ns() // 1_000_000
+
+
+@contextlib.contextmanager
+def transaction(
+    db: sqlite3.Connection, *, write: bool, path: Path | None = None
+) -> Iterator[sqlite3.Connection]:
+    """IMMEDIATE takes the write lock before the first read, so no other process can
+    change what a read-check-write has checked; a plain BEGIN gives reads one snapshot."""
+    try:
+        db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+        yield db
+        db.execute("COMMIT")
+    except BaseException as exc:
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        if path is not None and isinstance(exc, sqlite3.Error):
+            raise translate(exc, path) from exc
+        raise
+
+
+@contextlib.contextmanager
+def translated(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.Error as exc:
+        raise translate(exc, path) from exc
+
+
+def busy(exc: sqlite3.Error) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF  # the primary code of an extended one
+    return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def translate(exc: sqlite3.Error, path: Path) -> CoordinationError:
+    if busy(exc):
+        return CoordinationUnavailable(f"SQLite database {str(path)!r} stayed locked: {exc}")
+    return CoordinationError(f"SQLite database {str(path)!r} failed: {exc}")
+
+
+def configure(db: sqlite3.Connection, path: Path, timeout_s: float) -> None:
+    mode = enable_wal(db, timeout_s)
+    if str(mode).lower() != "wal":
+        raise CoordinationError(f"SQLite database {str(path)!r} cannot use WAL (got {mode!r})")
+    # FULL, not NORMAL: in WAL mode NORMAL may lose the last commits on a power cut, and a
+    # lost fence increment would give a later owner the fence an earlier one already
+    # wrote into the store. It costs one WAL fsync per write; reads pay nothing.
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("PRAGMA foreign_keys=ON")
+    db.row_factory = sqlite3.Row
+
+
+def enable_wal(db: sqlite3.Connection, timeout_s: float) -> str:
+    """Switch to WAL, retrying while busy: SQLite does not call the busy handler for this
+    lock upgrade (it could deadlock), so processes opening a new file at once collide."""
+    end = time.monotonic() + timeout_s
+    while True:
+        try:
+            return str(db.execute("PRAGMA journal_mode=WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            if not busy(exc) or time.monotonic() >= end:
+                raise
+        time.sleep(0.01)
+
+
+def ensure_schema(db: sqlite3.Connection, path: Path) -> str:
+    """Create what is missing (idempotent); return the instance marker."""
+    for statement in SCHEMA:
+        db.execute(statement)
+    sql = "INSERT INTO {0} SELECT ? WHERE NOT EXISTS (SELECT 1 FROM {0})"
+    db.execute(sql.format("schema_version"), (SCHEMA_VERSION,))
+    version = db.execute("SELECT MAX(version) FROM schema_version").fetchone()[0]
+    if version != SCHEMA_VERSION:
+        raise CoordinationError(
+            f"SQLite database {str(path)!r} has schema version {version}; "
+            f"this library reads version {SCHEMA_VERSION}"
+        )
+    db.execute(sql.format("instance"), (uuid.uuid4().hex,))
+    return str(db.execute("SELECT marker FROM instance LIMIT 1").fetchone()[0])
+
+
+def prepare_file(path: Path) -> None:
+    """Folders 0700 and the file 0600: the index names what the store holds. SQLite
+    gives its -wal and -shm files the database file's mode."""
+    try:
+        missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
+        for folder in reversed(missing):
+            folder.mkdir(mode=0o700, exist_ok=True)
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+    except OSError as exc:
+        msg = f"cannot create SQLite database {str(path)!r}: {exc.strerror}"
+        raise CoordinationError(msg) from exc
+
+
+def file_ident(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
