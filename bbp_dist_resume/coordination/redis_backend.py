@@ -16,6 +16,7 @@ from dataclasses import replace
 from typing import Any
 
 from bbp_dist_resume.coordination import keys as K
+from bbp_dist_resume.coordination.checks import check_progress, check_ttl, check_workers
 from bbp_dist_resume.coordination.models import (
     CheckpointSummary,
     Lease,
@@ -27,7 +28,6 @@ from bbp_dist_resume.coordination.models import (
 from bbp_dist_resume.coordination.redis_client import RedisCalls, connect_client
 from bbp_dist_resume.coordination.redis_queue import ReclaimQueue
 from bbp_dist_resume.errors import (
-    ConfigError,
     FencedError,
     InvalidCheckpoint,
     InvalidIdentifier,
@@ -74,7 +74,7 @@ class RedisCoordination:
         config_path: str = "",
     ) -> OperationInfo:
         meta = K.meta(operation_id)
-        ws = _check_workers(workers)
+        ws = check_workers(workers)
         ss = [check_id(s, "stage name") for s in stages]
         self._retry(
             lambda: self._script(
@@ -143,7 +143,7 @@ class RedisCoordination:
             lambda: self._script(
                 "ACQUIRE",
                 [slot["meta"], slot["lease"], slot["fence"], slot["deadlines"], slot["owner"]],
-                [worker_id, token, _ttl(ttl_ms)],
+                [worker_id, token, check_ttl(ttl_ms)],
             )
         )
         code = int(result[0])
@@ -169,14 +169,14 @@ class RedisCoordination:
         self._retry(lambda: self._r.zadd(K.ALL_DEADLINES, {K.slot_member(op, worker): deadline}))
 
     def renew(self, lease: Lease, *, progress: float | None = None) -> Lease:
-        shown = _progress(progress)
+        shown = _shown(check_progress(progress))
         slot = _slot_keys(lease.operation_id, lease.worker_id)
         started = time.monotonic()
         deadline = self._retry(
             lambda: self._script(
                 "RENEW",
                 [slot["lease"], slot["deadlines"], slot["meta"]],
-                [lease.owner_token, _ttl(lease.ttl_ms), lease.worker_id, shown],
+                [lease.owner_token, check_ttl(lease.ttl_ms), lease.worker_id, shown],
             )
         )
         if not deadline:
@@ -373,7 +373,7 @@ class RedisCoordination:
         check_id(coordinator_id, "coordinator id")
         return bool(
             self._retry(
-                lambda: self._script("LEADER", [K.COORDINATOR], [coordinator_id, _ttl(ttl_ms)])
+                lambda: self._script("LEADER", [K.COORDINATOR], [coordinator_id, check_ttl(ttl_ms)])
             )
         )
 
@@ -431,29 +431,8 @@ def _slot_keys(op: str, worker: str) -> dict[str, str]:
     }
 
 
-def _check_workers(workers: Sequence[str]) -> list[str]:
-    ws = [check_id(w, "worker id") for w in workers]
-    if not ws or len(set(ws)) != len(ws):
-        raise InvalidIdentifier("workers", list(workers), "must be a non-empty list of unique ids")
-    return ws
-
-
-def _ttl(ttl_ms: int) -> int:
-    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or not 1 <= ttl_ms <= 86_400_000:
-        raise ConfigError([("lease_ttl", f"must be 1 ms to 1 day, not {ttl_ms!r}")])
-    return ttl_ms
-
-
-def _progress(progress: float | None) -> str:
-    if progress is None:
-        return ""
-    if (
-        isinstance(progress, bool)
-        or not isinstance(progress, int | float)
-        or not (0.0 <= progress <= 100.0)
-    ):
-        raise InvalidCheckpoint(f"progress must be a percentage, not {progress!r}")
-    return repr(float(progress))
+def _shown(progress: float | None) -> str:
+    return "" if progress is None else repr(progress)
 
 
 def _info(op: str, fields: dict[str, str], finished: set[str]) -> OperationInfo:

@@ -31,6 +31,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from bbp_dist_resume.coordination.checks import check_progress, check_ttl, check_workers
 from bbp_dist_resume.coordination.models import (
     CheckpointSummary,
     Lease,
@@ -45,7 +46,6 @@ from bbp_dist_resume.coordination.sqlite_db import (
     transaction,
 )
 from bbp_dist_resume.errors import (
-    ConfigError,
     FencedError,
     InvalidCheckpoint,
     InvalidIdentifier,
@@ -57,7 +57,6 @@ from bbp_dist_resume.ids import check_id, check_seq
 
 _LEADER = "coordinator"
 _POLL_S = 0.05
-_MAX_TTL_MS = 86_400_000
 _SLOT = "SELECT owner_token, fence, deadline_ms, done FROM slots WHERE op = ? AND worker = ?"
 _INDEX = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? ORDER BY seq"
 _LATEST = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? ORDER BY seq DESC LIMIT 1"
@@ -124,9 +123,7 @@ class SQLiteCoordination:
         config_path: str = "",
     ) -> OperationInfo:
         op = check_id(operation_id, "operation id")
-        ws, ss = _id_list(workers, "worker id"), _id_list(stages, "stage name")
-        if not ws or len(set(ws)) != len(ws):
-            raise InvalidIdentifier("workers", workers, "must be a non-empty list of unique ids")
+        ws, ss = check_workers(workers), _id_list(stages, "stage name")
         if not isinstance(config_path, str):
             raise InvalidIdentifier("config path", config_path, "must be a string")
         row = (op, OperationStatus.RUNNING.value, time.time(), config_path)
@@ -164,7 +161,7 @@ class SQLiteCoordination:
 
     def acquire(self, operation_id: str, worker_id: str, *, ttl_ms: int) -> Lease:
         op, worker = _op_worker(operation_id, worker_id)
-        ttl = _ttl(ttl_ms)
+        ttl = check_ttl(ttl_ms)
         started = time.monotonic()  # before the transaction: never later than the file's
         token = uuid.uuid4().hex
         with self._tx() as db:
@@ -188,7 +185,7 @@ class SQLiteCoordination:
         )
 
     def renew(self, lease: Lease, *, progress: float | None = None) -> Lease:
-        ttl, shown = _ttl(lease.ttl_ms), _progress(progress)
+        ttl, shown = check_ttl(lease.ttl_ms), check_progress(progress)
         started = time.monotonic()
         with self._tx() as db:
             now = _owned(db, lease, "renew")
@@ -361,7 +358,7 @@ class SQLiteCoordination:
     # -- coordinator leader lease --------------------------------------------------------
 
     def acquire_leader(self, coordinator_id: str, *, ttl_ms: int) -> bool:
-        who, ttl = check_id(coordinator_id, "coordinator id"), _ttl(ttl_ms)
+        who, ttl = check_id(coordinator_id, "coordinator id"), check_ttl(ttl_ms)
         with self._tx() as db:
             now = now_ms()
             return db.execute(_TAKE_LEADER, (_LEADER, who, now + ttl, now)).rowcount == 1
@@ -421,13 +418,6 @@ def _status(value: str) -> OperationStatus:
         raise InvalidIdentifier("operation status", value, "not an OperationStatus") from None
 
 
-def _ttl(ttl_ms: int) -> int:
-    # Same bounds and error as the Redis backend.
-    if isinstance(ttl_ms, bool) or not isinstance(ttl_ms, int) or not 1 <= ttl_ms <= _MAX_TTL_MS:
-        raise ConfigError([("lease_ttl", f"must be 1 ms to 1 day, not {ttl_ms!r}")])
-    return ttl_ms
-
-
 def _non_negative(value: float, kind: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise InvalidCheckpoint(f"{kind} must be a number >= 0, not {value!r}")
@@ -471,18 +461,6 @@ def _owned(db: sqlite3.Connection, lease: Lease, action: str) -> int:
     if slot is None or slot["owner_token"] != lease.owner_token or not _live(slot, now):
         raise LeaseLostError(op, worker, f"cannot {action}: expired, released or taken over")
     return now
-
-
-def _progress(progress: float | None) -> float | None:
-    if progress is None:
-        return None
-    if (
-        isinstance(progress, bool)
-        or not isinstance(progress, int | float)
-        or not (0.0 <= progress <= 100.0)
-    ):
-        raise InvalidCheckpoint(f"progress must be a percentage, not {progress!r}")
-    return float(progress)
 
 
 def _info(db: sqlite3.Connection, op: str) -> OperationInfo:
