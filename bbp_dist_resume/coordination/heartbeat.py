@@ -76,7 +76,15 @@ class Heartbeat:
         return lease
 
     def _run(self) -> None:
-        while not self._stop.wait(self._interval):
+        while True:
+            # Wake at the next renewal, or at the local deadline if that comes first, so
+            # that ``lost`` is set the moment the deadline passes unrenewed.
+            until_deadline = self.lease.local_deadline - time.monotonic()
+            if self._stop.wait(max(0.0, min(self._interval, until_deadline))):
+                return
+            if time.monotonic() >= self.lease.local_deadline:
+                self._mark_lost("deadline passed without a confirmed renewal")
+                return
             if not self._beat():
                 return
 
