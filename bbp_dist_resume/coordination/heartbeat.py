@@ -40,6 +40,7 @@ class Heartbeat:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._progress: float | None = None
+        self._lost_marked = False
         self.lost = threading.Event()
         self._thread = threading.Thread(
             target=self._run, name=f"bbp-heartbeat-{lease.worker_id}", daemon=True
@@ -107,10 +108,14 @@ class Heartbeat:
         return True
 
     def _mark_lost(self, why: str) -> None:
-        if self.lost.is_set():
-            return
-        self.lost.set()
-        lease = self.lease
+        with self._lock:
+            if self._lost_marked:
+                return
+            self._lost_marked = True
+            lease = self._lease
         log.warning("lease %s/%s lost: %s", lease.operation_id, lease.worker_id, why)
+        # The callback runs before ``lost`` is set: whoever waits on the event finds
+        # the callback's work done.
         if self._on_lost is not None:
             self._on_lost(lease)
+        self.lost.set()
