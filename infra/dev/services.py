@@ -15,6 +15,7 @@ The tests import this file by path, so it uses only the stdlib and boto3.
 from __future__ import annotations
 
 import argparse
+import atexit
 import dataclasses
 import json
 import os
@@ -28,6 +29,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,6 +99,14 @@ class Services:
 # Children started by this process, so that stop() can reap them (and not
 # leave zombies) when start() and stop() run in the same process, as in tests.
 _children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+@atexit.register
+def _leave_servers_running() -> None:
+    # Servers started for a run that outlives this process (the CLI's `start`, or a
+    # server restarted inside a test session whose services a script started) are
+    # stopped later by pid, from services.json; their Popen objects must not warn.
+    warnings.filterwarnings("ignore", "subprocess .* is still running", ResourceWarning)
 
 
 # --- ports -----------------------------------------------------------------
