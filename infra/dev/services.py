@@ -107,6 +107,9 @@ def _leave_servers_running() -> None:
     # server restarted inside a test session whose services a script started) are
     # stopped later by pid, from services.json; their Popen objects must not warn.
     warnings.filterwarnings("ignore", "subprocess .* is still running", ResourceWarning)
+    for proc in _children.values():
+        if proc.poll() is None:
+            proc.returncode = 0  # detached on purpose: not a leak for Popen.__del__
 
 
 # --- ports -----------------------------------------------------------------
