@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import sys
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -94,7 +93,6 @@ def _processes_inside(root: Path) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_failed_cluster_start_stops_every_server_it_started(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, dev_services: ModuleType
 ) -> None:
