@@ -30,7 +30,6 @@ import importlib.metadata
 import itertools
 import json
 import os
-import platform
 import random
 import signal
 import socket
@@ -50,6 +49,7 @@ from typing import Any
 
 import psutil
 import redis
+from common import machine, table
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
@@ -644,24 +644,6 @@ def crash_scan(backend: Backend, args: argparse.Namespace) -> list[Row]:
 # --- report ------------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": model or platform.processor(),
-        "cores_logical": os.cpu_count(),
-        "cores_physical": psutil.cpu_count(logical=False),
-        "ram_bytes": psutil.virtual_memory().total,
-        "python": platform.python_version(),
-    }
-
-
 def versions(server: RedisServer | None) -> dict[str, str]:
     out = {}
     for name in VERSIONED:
@@ -675,23 +657,11 @@ def versions(server: RedisServer | None) -> dict[str, str]:
     return out
 
 
-def table(head: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
-    cells = [head, *cells]
-    widths = [max(len(c[i].strip()) for c in cells) for i in range(len(head))]
-    lines = []
-    for i, c in enumerate(cells):
-        parts = [c[0].ljust(widths[0]), c[1].ljust(widths[1])]
-        parts += [x.strip().rjust(w) for x, w in zip(c[2:], widths[2:], strict=True)]
-        lines.append("  ".join(parts).rstrip())
-        if i == 0:
-            lines.append("-" * len(lines[0]))
-    return "\n".join(lines)
-
-
 def render(rows: list[Row]) -> str:
     return table(
         ("backend", "measure", "value", "baseline", "ratio", "target", ""),
         [(r.backend, r.name, r.value, r.baseline, r.ratio, r.target, r.verdict()) for r in rows],
+        left=2,
     )
 
 

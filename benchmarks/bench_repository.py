@@ -28,7 +28,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import random
 import resource
 import shutil
@@ -43,11 +42,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
 import boto3
 import psutil
+from common import import_services, machine, table
 
 from bbp_dist_resume import CheckpointConfig, CheckpointMeta, Manifest, Repository, open_repository
 
@@ -55,7 +54,6 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 ROOT = Path(__file__).resolve().parent.parent
-SERVICES_PY = ROOT / "infra" / "dev" / "services.py"
 DEFAULT_JSON = ROOT / "benchmarks" / "results" / "repository.json"
 MIB = 1 << 20
 MB = 1_000_000
@@ -99,20 +97,6 @@ class Endpoint:
     started_here: bool
 
 
-def _import_services() -> ModuleType:
-    """infra/dev/services.py by path (neither directory is a package)."""
-    name = "bbp_dev_services"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, SERVICES_PY)
-    if spec is None or spec.loader is None:
-        raise SystemExit(f"cannot import {SERVICES_PY}")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses look their module up by name
-    spec.loader.exec_module(module)
-    return module
-
-
 @contextlib.contextmanager
 def endpoint(args: argparse.Namespace, tmp: Path) -> Iterator[Endpoint]:
     """The S3 endpoint to benchmark: the one given, or a SeaweedFS started here."""
@@ -122,7 +106,7 @@ def endpoint(args: argparse.Namespace, tmp: Path) -> Iterator[Endpoint]:
             raise SystemExit("--endpoint needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
         yield Endpoint(args.endpoint, args.bucket, key, secret, args.region, started_here=False)
         return
-    services = _import_services()
+    services = import_services()
     began = time.perf_counter()
     svc = services.start(tmp / "services", die_with_parent=True)
     print(f"started redis + SeaweedFS in {time.perf_counter() - began:.1f} s: {svc.s3_endpoint}")
@@ -652,24 +636,6 @@ def rss_child(job: dict[str, Any]) -> None:
 # --- report ----------------------------------------------------------------------------
 
 
-def machine() -> dict[str, Any]:
-    model = ""
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {
-        "platform": platform.platform(),
-        "machine": platform.machine(),
-        "cpu": model or platform.processor(),
-        "cores_logical": os.cpu_count(),
-        "cores_physical": psutil.cpu_count(logical=False),
-        "ram_bytes": psutil.virtual_memory().total,
-        "python": platform.python_version(),
-    }
-
-
 def versions(ep: Endpoint) -> dict[str, str]:
     out = {}
     for name in VERSIONED:
@@ -683,19 +649,6 @@ def versions(ep: Endpoint) -> dict[str, str]:
         proc = subprocess.run([weed_bin, "version"], capture_output=True, text=True, check=False)
         out["seaweedfs"] = (proc.stdout.strip().splitlines() or ["?"])[-1]
     return out
-
-
-def table(head: tuple[str, ...], cells: list[tuple[str, ...]]) -> str:
-    cells = [head, *cells]
-    widths = [max(len(c[i].strip()) for c in cells) for i in range(len(head))]
-    lines = []
-    for i, c in enumerate(cells):
-        parts = [c[0].ljust(widths[0])]
-        parts += [x.strip().rjust(w) for x, w in zip(c[1:], widths[1:], strict=True)]
-        lines.append("  ".join(parts).rstrip())
-        if i == 0:
-            lines.append("-" * len(lines[0]))
-    return "\n".join(lines)
 
 
 def render(rows: list[Row]) -> str:
