@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -88,19 +88,26 @@ class RedisCoordination:
         return info
 
     def get_operation(self, operation_id: str) -> OperationInfo:
-        meta, done = K.meta(operation_id), K.done(operation_id)
-
-        def read() -> tuple[dict[str, str], set[str]]:
-            pipe = self._r.pipeline(transaction=False)
-            pipe.hgetall(meta)
-            pipe.smembers(done)
-            got = pipe.execute()
-            return got[0], got[1]
-
-        fields, finished = self._retry(read)
-        if not fields:
+        info = self._read_operations([check_id(operation_id, "operation id")])[0]
+        if info is None:
             raise UnknownOperation(operation_id)
-        return _info(operation_id, fields, finished)
+        return info
+
+    def _read_operations(self, ops: Sequence[str]) -> list[OperationInfo | None]:
+        """Every operation's meta and done set in one round trip (None: not there)."""
+
+        def read() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for op in ops:
+                pipe.hgetall(K.meta(op))
+                pipe.smembers(K.done(op))
+            return list(pipe.execute())
+
+        got = self._retry(read) if ops else []
+        return [
+            _info(op, got[2 * i], got[2 * i + 1]) if got[2 * i] else None
+            for i, op in enumerate(ops)
+        ]
 
     def set_status(self, operation_id: str, status: OperationStatus) -> None:
         meta = K.meta(operation_id)
@@ -118,15 +125,11 @@ class RedisCoordination:
     ) -> list[OperationInfo]:
         wanted = None if statuses is None else {OperationStatus(s) for s in statuses}
         ops = self._retry(lambda: self._r.zrange(K.OPS, 0, -1))
-        infos = []
-        for op in ops:
-            try:
-                info = self.get_operation(op)
-            except UnknownOperation:
-                continue
-            if wanted is None or info.status in wanted:
-                infos.append(info)
-        return infos
+        return [
+            info
+            for info in self._read_operations(ops)
+            if info is not None and (wanted is None or info.status in wanted)
+        ]
 
     # -- leases --------------------------------------------------------------------------
 
@@ -259,25 +262,43 @@ class RedisCoordination:
             raise FencedError(lease.operation_id, lease.worker_id, lease.fence)
 
     def index(self, operation_id: str, worker_id: str) -> list[CheckpointSummary]:
-        self._require_worker(operation_id, worker_id)
-        key = K.index(operation_id, worker_id)
-        return _summaries(self._retry(lambda: self._r.zrange(key, 0, -1)))
+        return self._index_read(operation_id, worker_id, lambda p, key: p.zrange(key, 0, -1))
 
     def index_all(self, operation_id: str) -> dict[str, list[CheckpointSummary]]:
-        info = self.get_operation(operation_id)
-        return {w: self.index(operation_id, w) for w in info.workers}
+        workers = self.get_operation(operation_id).workers
+
+        def read() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for w in workers:
+                pipe.zrange(K.index(operation_id, w), 0, -1)
+            return list(pipe.execute())
+
+        return {w: _summaries(raw) for w, raw in zip(workers, self._retry(read), strict=True)}
 
     def latest(self, operation_id: str, worker_id: str) -> CheckpointSummary | None:
-        self._require_worker(operation_id, worker_id)
-        key = K.index(operation_id, worker_id)
-        got = _summaries(self._retry(lambda: self._r.zrange(key, -1, -1)))
+        got = self._index_read(operation_id, worker_id, lambda p, key: p.zrange(key, -1, -1))
         return got[0] if got else None
 
     def lookup(self, operation_id: str, worker_id: str, seq: int) -> CheckpointSummary | None:
-        self._require_worker(operation_id, worker_id)
-        key, s = K.index(operation_id, worker_id), check_seq(seq)
-        got = _summaries(self._retry(lambda: self._r.zrangebyscore(key, s, s)))
+        s = check_seq(seq)
+        got = self._index_read(operation_id, worker_id, lambda p, key: p.zrangebyscore(key, s, s))
         return got[0] if got else None
+
+    def _index_read(
+        self, operation_id: str, worker_id: str, command: Callable[[Any, str], Any]
+    ) -> list[CheckpointSummary]:
+        """One round trip: the operation's workers (to refuse a stranger) and the read."""
+        meta, key = K.meta(operation_id), K.index(operation_id, worker_id)
+
+        def read() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hget(meta, "workers")
+            command(pipe, key)
+            return list(pipe.execute())
+
+        workers, raw = self._retry(read)
+        _check_member(operation_id, worker_id, workers)
+        return _summaries(raw)
 
     def delete_entries(self, operation_id: str, worker_id: str, seqs: Iterable[int]) -> None:
         self._require_worker(operation_id, worker_id)
@@ -314,11 +335,7 @@ class RedisCoordination:
         nothing may be read or written for a slot the operation does not have."""
         check_id(worker_id, "worker id")
         meta = K.meta(operation_id)
-        workers = self._retry(lambda: self._r.hget(meta, "workers"))
-        if workers is None:
-            raise UnknownOperation(operation_id)
-        if worker_id not in json.loads(workers):
-            raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
+        _check_member(operation_id, worker_id, self._retry(lambda: self._r.hget(meta, "workers")))
 
     # -- resume plans --------------------------------------------------------------------
 
@@ -411,6 +428,14 @@ class RedisCoordination:
 
     def close(self) -> None:
         self._r.close()
+
+
+def _check_member(operation_id: str, worker_id: str, workers: str | None) -> None:
+    """UnknownOperation when the meta is gone; InvalidIdentifier for a stranger."""
+    if workers is None:
+        raise UnknownOperation(operation_id)
+    if worker_id not in json.loads(workers):
+        raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
 
 
 def _crashed(facts: list[Any]) -> bool:
