@@ -4,6 +4,17 @@ Workers write checkpoints to S3-compatible storage (or a local directory) under
 content-addressed keys; a coordination backend (Redis or SQLite) holds leases and indexes.
 """
 
+from bbp_dist_resume.api import (
+    AutoCheckpointGuard,
+    CheckpointGuard,
+    CheckpointMetadata,
+    ResumeContext,
+    ResumeMode,
+    ResumeState,
+    ResumeStatistics,
+    ResumeSystem,
+    utils,
+)
 from bbp_dist_resume.config import (
     CheckpointConfig,
     CheckpointGranularity,
@@ -15,6 +26,7 @@ from bbp_dist_resume.config import (
 from bbp_dist_resume.errors import (
     BBPError,
     BucketNotFound,
+    CheckpointFailed,
     CommitConflict,
     ConfigError,
     CoordinationError,
@@ -23,8 +35,10 @@ from bbp_dist_resume.errors import (
     EncryptionKeyError,
     FencedError,
     IntegrityError,
+    InteractiveUnavailable,
     InvalidCheckpoint,
     InvalidIdentifier,
+    InvalidStateError,
     LeaseHeldError,
     LeaseLostError,
     ManifestError,
@@ -40,11 +54,15 @@ from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository, ope
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoCheckpointGuard",
     "BBPError",
     "BucketNotFound",
     "CheckpointConfig",
+    "CheckpointFailed",
     "CheckpointGranularity",
+    "CheckpointGuard",
     "CheckpointMeta",
+    "CheckpointMetadata",
     "CheckpointStrategy",
     "CommitConflict",
     "ConfigError",
@@ -54,14 +72,21 @@ __all__ = [
     "EncryptionKeyError",
     "FencedError",
     "IntegrityError",
+    "InteractiveUnavailable",
     "InvalidCheckpoint",
     "InvalidIdentifier",
+    "InvalidStateError",
     "LeaseHeldError",
     "LeaseLostError",
     "Manifest",
     "ManifestError",
     "ObjectNotFound",
     "Repository",
+    "ResumeContext",
+    "ResumeMode",
+    "ResumeState",
+    "ResumeStatistics",
+    "ResumeSystem",
     "StoreAccessDenied",
     "StoreError",
     "StoreUnavailable",
@@ -72,4 +97,5 @@ __all__ = [
     "create_high_frequency_config",
     "create_low_overhead_config",
     "open_repository",
+    "utils",
 ]

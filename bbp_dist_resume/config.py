@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -58,6 +58,13 @@ class CheckpointConfig(BaseModel):
 
     Attributes mirror the BB-Pipeline ``CheckpointConfig`` (``checkpoint_dir`` became
     ``store_url``) and add the distributed ones (``coord_url``, leases, upload).
+
+    Worker behaviour: ``strict`` makes a failed checkpoint raise ``CheckpointFailed``
+    (else it is reported and the pipeline goes on); ``max_pending_checkpoints`` bounds the
+    non-blocking checkpoints in flight (more block the caller: back-pressure); ``mtbf``
+    fixes the ADAPTIVE strategy's mean time between failures (else the rate seen in the
+    store); ``best_fn(metadata) -> float`` scores BEST_CHECKPOINT resumes; ``chooser(points)``
+    picks the INTERACTIVE resume point (a point, its id, or None to start clean).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -88,8 +95,16 @@ class CheckpointConfig(BaseModel):
     inline_threshold: int = Field(4096, ge=0, le=65536)
     allow_unsafe_store: bool = False
 
+    strict: bool = False
+    max_pending_checkpoints: int = Field(2, ge=1, le=64)
+    mtbf: timedelta | None = Field(None, gt=timedelta(0))
+    detailed_logging: bool = False
+    # Callables are for code, not for files or the environment.
+    best_fn: Callable[[Any], float] | None = Field(None, exclude=True)
+    chooser: Callable[[list[Any]], Any] | None = Field(None, exclude=True)
+
     @field_validator(
-        "time_interval", "cleanup_age", "lease_ttl", "heartbeat_interval", mode="before"
+        "time_interval", "cleanup_age", "lease_ttl", "heartbeat_interval", "mtbf", mode="before"
     )
     @classmethod
     def _seconds_from_text(cls, value: Any) -> Any:

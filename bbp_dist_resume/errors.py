@@ -17,6 +17,9 @@
     │   └── ManifestError                    a commit record that is malformed or inconsistent
     ├── EncryptionKeyError                   no configured key opens the store's data keys
     ├── CommitConflict (FileExistsError)     a commit record's slot is taken by another writer
+    ├── InvalidStateError                    the call does not fit the system's current state
+    ├── InteractiveUnavailable               interactive resume with no terminal and no chooser
+    ├── CheckpointFailed                     a checkpoint could not be taken (strict mode)
     └── CoordinationError                    the coordination backend (Redis, SQLite)
         ├── UnknownOperation (LookupError)   no operation with that id
         ├── LeaseHeldError                   a live owner holds the lease
@@ -138,6 +141,28 @@ class CommitConflict(BBPError, FileExistsError):
         BBPError.__init__(
             self, f"commit slot {operation_id}/{worker_id}/{seq} is taken by another writer"
         )
+
+
+class InvalidStateError(BBPError):
+    """The call does not fit the ``ResumeSystem``'s state (for example a checkpoint while
+    not monitoring any operation, or a call after ``shutdown``)."""
+
+
+class InteractiveUnavailable(BBPError):
+    """INTERACTIVE resume was asked with no ``chooser`` and no terminal to prompt on."""
+
+
+class CheckpointFailed(BBPError):
+    """A checkpoint could not be taken; raised only with ``strict=True`` (the cause is
+    chained). Without ``strict`` the failure is reported and the pipeline goes on.
+
+    Attributes:
+        stage_name: the stage the checkpoint was for.
+    """
+
+    def __init__(self, stage_name: str, reason: str) -> None:
+        self.stage_name = stage_name
+        super().__init__(f"checkpoint of stage {stage_name!r} failed: {reason}")
 
 
 class CoordinationError(BBPError):

@@ -87,6 +87,7 @@ class CheckpointSummary(BaseModel):
     epoch: int | None = None
     consumed: dict[str, int] = Field(default_factory=dict)
     produced: dict[str, int] = Field(default_factory=dict)
+    base: int | None = None
     size: int = 0
 
     @classmethod
@@ -109,6 +110,7 @@ class CheckpointSummary(BaseModel):
             epoch=record.epoch,
             consumed=dict(record.consumed),
             produced=dict(record.produced),
+            base=record.base,
             size=record.logical_size,
         )
 

@@ -136,6 +136,10 @@ class CheckpointRecord(_Record):
     epoch: int | None = Field(None, ge=0)
     consumed: Offsets = Field(default_factory=dict)
     produced: Offsets = Field(default_factory=dict)
+    # Seq of the checkpoint the worker's state was restored from, on the first commit
+    # after a resume (0: restarted clean); the records between it and this one belong
+    # to an abandoned incarnation and are never planned from again.
+    base: int | None = Field(None, ge=0)
     parts: dict[Name, PartRef]
 
     @property

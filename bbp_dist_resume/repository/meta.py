@@ -24,6 +24,7 @@ class CheckpointMeta:
         progress: percent done; memory_bytes: the process footprint; elapsed_seconds.
         custom_metadata: string pairs; epoch: barrier epoch or None.
         consumed, produced: channel name -> offset (DESIGN.md, the recovery line).
+        base: on the first commit after a resume, the seq restored from (0: clean).
     """
 
     operation_id: str
@@ -40,6 +41,7 @@ class CheckpointMeta:
     epoch: int | None = None
     consumed: Mapping[str, int] = field(default_factory=dict)
     produced: Mapping[str, int] = field(default_factory=dict)
+    base: int | None = None
 
     def __post_init__(self) -> None:
         # Own copies: a caller changing its dict later must not change this checkpoint.
@@ -78,6 +80,7 @@ class CheckpointMeta:
                 epoch=self.epoch,
                 consumed=dict(self.consumed),
                 produced=dict(self.produced),
+                base=self.base,
                 parts=parts,
             )
         except (ValidationError, TypeError, ValueError) as exc:

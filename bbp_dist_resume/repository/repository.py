@@ -101,7 +101,7 @@ class Repository:
                 return self._upload(chunks_of_file(part, self._opt.chunker))
             part = part.read_bytes()
         if len(part) <= self._opt.inline_threshold:
-            self._stats.add_logical(len(part))
+            self._stats.add_inline(len(part))
             return restore.inline_part(part)
         return self._upload(chunks_of_bytes(part, self._opt.chunker))
 
@@ -149,11 +149,11 @@ class Repository:
         # it becomes the blob; else the worker thread compresses or seals the copy.
         sealed = self._codec.plain
         box = [self._codec.seal_chunk(cid, view) if sealed else bytes(view)]
-        task = self._pool.submit(self._put_chunk, cid, box, sealed)
+        task = self._pool.submit(self._put_chunk, cid, box, sealed, len(view))
         task.add_done_callback(lambda t: self._settle(cid, t, done, window))
         return done
 
-    def _put_chunk(self, cid: ChunkId, box: list[bytes], sealed: bool) -> None:
+    def _put_chunk(self, cid: ChunkId, box: list[bytes], sealed: bool, size: int) -> None:
         # Taken out of its box so that the plaintext is freed once sealed, not held by
         # the executor's work item for as long as the upload takes.
         payload = box.pop()
@@ -161,7 +161,7 @@ class Repository:
         del payload
         created = self._store.put_if_absent(cid.store_key, blob)
         # A refused create-only PUT sends no body (Expect: 100-continue): count only new.
-        self._stats.add_upload(len(blob) if created else 0, created)
+        self._stats.add_upload(len(blob) if created else 0, created, size)
 
     def _settle(
         self,
@@ -268,6 +268,10 @@ class Repository:
             except ObjectNotFound:
                 continue
         return out
+
+    def delete_record(self, operation_id: str, worker_id: str, seq: int) -> None:
+        """Delete one commit record (retention). Chunks are left to garbage collection."""
+        self._store.delete_many([record_key(operation_id, worker_id, seq)])
 
     # -- reading -------------------------------------------------------------------------
 

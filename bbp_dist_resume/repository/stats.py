@@ -15,6 +15,7 @@ class RepositoryStats:
         chunks: chunks cut; chunks_deduplicated: of those, skipped as already present.
         chunks_uploaded: chunks sent; chunks_created: of those, new to the store.
         uploaded_bytes: encoded bytes sent over the wire.
+        stored_bytes: plaintext bytes of the chunks new to the store (after dedup).
     """
 
     logical_bytes: int = 0
@@ -23,6 +24,7 @@ class RepositoryStats:
     chunks_uploaded: int = 0
     chunks_created: int = 0
     uploaded_bytes: int = 0
+    stored_bytes: int = 0
 
 
 class StatsCounter:
@@ -37,8 +39,9 @@ class StatsCounter:
             for name, d in deltas.items():
                 self._v[name] += d
 
-    def add_logical(self, n: int) -> None:
-        self._add(logical_bytes=n)
+    def add_inline(self, n: int) -> None:
+        # An inline part is stored again in every manifest that carries it.
+        self._add(logical_bytes=n, stored_bytes=n)
 
     def add_chunk(self, n: int) -> None:
         self._add(logical_bytes=n, chunks=1)
@@ -46,8 +49,13 @@ class StatsCounter:
     def add_dedup(self) -> None:
         self._add(chunks_deduplicated=1)
 
-    def add_upload(self, n: int, created: bool) -> None:
-        self._add(chunks_uploaded=1, chunks_created=int(created), uploaded_bytes=n)
+    def add_upload(self, n: int, created: bool, plain: int) -> None:
+        self._add(
+            chunks_uploaded=1,
+            chunks_created=int(created),
+            uploaded_bytes=n,
+            stored_bytes=plain if created else 0,
+        )
 
     def snapshot(self) -> RepositoryStats:
         with self._lock:

@@ -37,6 +37,18 @@ class VerifyReport:
     def ok(self) -> bool:
         return not (self.missing or self.corrupt or self.problems)
 
+    def summary(self) -> str:
+        """One line naming what is wrong (the first object of each kind)."""
+        if self.ok:
+            return "ok"
+        out = list(self.problems[:1])
+        if self.missing:
+            out.append(f"{len(self.missing)} chunks missing (first {self.missing[0]})")
+        if self.corrupt:
+            cid, why = self.corrupt[0]
+            out.append(f"{len(self.corrupt)} chunks corrupt (first {cid}: {why})")
+        return "; ".join(out)
+
 
 def verify_manifest(
     pool: ThreadPoolExecutor,

@@ -1,0 +1,141 @@
+"""``Maintenance``: verification, deletion and retention of checkpoints, and the failure
+rate seen in an operation's history (for the ADAPTIVE strategy).
+
+Deletion order is DESIGN.md's: index entry first, then the commit record, so no listing
+ever names a checkpoint whose record is gone. A worker's highest record is never deleted
+(its seq would be taken again: a history is one record per seq, written once), nor an
+entry of the current plan or recovery line.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from bbp_dist_resume.api.catalog import Catalog, Histories
+from bbp_dist_resume.config import CheckpointConfig
+from bbp_dist_resume.coordination import Coordination
+from bbp_dist_resume.errors import BBPError, InvalidCheckpoint, ObjectNotFound, UnknownOperation
+from bbp_dist_resume.ids import parse_checkpoint_id
+from bbp_dist_resume.policy import RetentionRule, recovery_line, select_expired
+from bbp_dist_resume.policy.retention import RetentionEntry
+from bbp_dist_resume.repository import Repository, VerifyReport
+
+log = logging.getLogger(__name__)
+
+
+class Maintenance:
+    """Operations on stored checkpoints that are not taking or restoring one."""
+
+    def __init__(self, repo: Repository, coord: Coordination, catalog: Catalog) -> None:
+        self._repo = repo
+        self._coord = coord
+        self._catalog = catalog
+
+    def verify(self, checkpoint_id: str, *, deep: bool) -> VerifyReport:
+        """Verify one checkpoint; a missing or unreadable record is a failed report."""
+        try:
+            manifest = self._catalog.manifest(checkpoint_id)
+        except (ObjectNotFound, InvalidCheckpoint) as exc:
+            return VerifyReport(checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0,
+                                problems=(str(exc),))
+        except BBPError as exc:
+            if isinstance(exc, ValueError):
+                raise  # a malformed id
+            return VerifyReport(checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0,
+                                problems=(str(exc),))
+        return self._repo.verify(manifest, deep=deep)
+
+    def protected(self, operation_id: str, histories: Histories) -> dict[str, set[int]]:
+        """Per worker, the seqs retention and deletion must keep: the current plan's and
+        recovery line's entries."""
+        out: dict[str, set[int]] = {w: set() for w in histories}
+        for worker, cut in recovery_line(histories).cuts.items():
+            if cut.seq is not None:
+                out[worker].add(cut.seq)
+        for worker, seq in self._plan_entries(operation_id).items():
+            out.setdefault(worker, set()).add(seq)
+        return out
+
+    def _plan_entries(self, operation_id: str) -> dict[str, int]:
+        try:
+            plan = self._coord.read_plan(operation_id)
+        except UnknownOperation:
+            return {}
+        entries = plan.body.get("entries", {}) if plan else {}
+        out = {}
+        for worker, entry in entries.items() if isinstance(entries, dict) else ():
+            cid = entry.get("checkpoint_id") if isinstance(entry, dict) else None
+            if isinstance(cid, str):
+                out[worker] = parse_checkpoint_id(cid)[2]
+        return out
+
+    def delete(self, checkpoint_id: str) -> bool:
+        """Delete one checkpoint; False when there was none."""
+        op, worker, seq = parse_checkpoint_id(checkpoint_id)
+        seqs = self._repo.record_seqs(op, worker)
+        if seq not in seqs:
+            return False
+        if seq == seqs[-1]:
+            raise InvalidCheckpoint(
+                f"{checkpoint_id} is the worker's newest record: it fences earlier owners"
+            )
+        record = self._repo.load_record(op, worker, seq)
+        if record.kind != "checkpoint":
+            raise InvalidCheckpoint(f"{checkpoint_id} is a takeover record, not a checkpoint")
+        histories = self._catalog.histories(op)
+        if seq in self.protected(op, histories).get(worker, set()):
+            raise InvalidCheckpoint(f"{checkpoint_id} is in the current resume plan or line")
+        self._remove(op, worker, [seq])
+        return True
+
+    def cleanup(
+        self, operation_id: str, workers: Sequence[str] | None, config: CheckpointConfig
+    ) -> int:
+        """Apply retention to some workers of an operation (all when None)."""
+        rule = RetentionRule(max_checkpoints=config.max_checkpoints, cleanup_age=config.cleanup_age)
+        now = datetime.now(UTC)
+        names = workers if workers is not None else list(self._catalog.histories(operation_id))
+        due = {w: select_expired(self._entries(operation_id, w), rule, now=now) for w in names}
+        if not any(due.values()):
+            return 0  # the common case costs one index read per worker, no plan
+        protected = self.protected(operation_id, self._catalog.histories(operation_id))
+        removed = 0
+        for worker in names:
+            entries = self._entries(operation_id, worker)
+            seqs = select_expired(entries, rule, now=now, protected=protected.get(worker, ()))
+            self._remove(operation_id, worker, seqs)
+            removed += len(seqs)
+        return removed
+
+    def _entries(self, operation_id: str, worker: str) -> list[RetentionEntry]:
+        try:
+            index = self._coord.index(operation_id, worker)
+        except UnknownOperation:
+            index = []
+        return [
+            RetentionEntry(seq=s.seq, kind=s.kind, created_at=datetime.fromisoformat(s.created_at))
+            for s in index
+        ]
+
+    def _remove(self, operation_id: str, worker: str, seqs: list[int]) -> None:
+        if not seqs:
+            return
+        self._coord.delete_entries(operation_id, worker, seqs)
+        for seq in seqs:
+            self._repo.delete_record(operation_id, worker, seq)
+            self._catalog.forget(f"{operation_id}/{worker}/{seq}")
+        log.info("retention removed %s/%s seqs %s", operation_id, worker, seqs)
+
+    def observed_mtbf(self, operation_id: str) -> float | None:
+        """Seconds of worker time per failure in the operation's history: every takeover
+        after a worker's first one follows a crash or a restart. None: none seen."""
+        failures, exposure = 0, 0.0
+        for entries in self._catalog.histories(operation_id).values():
+            if not entries:
+                continue
+            times = [datetime.fromisoformat(s.created_at) for s in entries]
+            exposure += (max(times) - min(times)).total_seconds()
+            failures += max(0, sum(1 for s in entries if s.kind == "takeover") - 1)
+        return exposure / failures if failures and exposure > 0 else None

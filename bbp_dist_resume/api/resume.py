@@ -1,0 +1,208 @@
+"""Resuming: choosing a checkpoint (by mode, plan or recovery line) and restoring it.
+
+Every restore checks the checkpoint first: its commit record must read back intact and,
+with ``enable_verification``, every chunk must be present; the state's chunks are then
+re-hashed as they are read. A checkpoint that fails is reported and, for automatic
+resumes, excluded so the choice falls back past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from bbp_dist_resume.api.catalog import Catalog, metadata_of
+from bbp_dist_resume.api.models import CheckpointMetadata, ResumeContext, ResumeMode
+from bbp_dist_resume.api.snapshot import (
+    ATTACHMENT_PREFIX,
+    STATE_PART,
+    attachment_names,
+    decode_state,
+)
+from bbp_dist_resume.coordination.models import OperationInfo
+from bbp_dist_resume.errors import IntegrityError, InteractiveUnavailable, InvalidCheckpoint
+from bbp_dist_resume.policy import ResumeSelection, recovery_line
+from bbp_dist_resume.repository import Manifest, Repository
+
+log = logging.getLogger(__name__)
+
+Chooser = Callable[[list[CheckpointMetadata]], "CheckpointMetadata | str | None"]
+BestFn = Callable[[CheckpointMetadata], float]
+_MAX_FALLBACKS = 50
+
+
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """A chosen checkpoint id (None: start clean) and why."""
+
+    checkpoint_id: str | None
+    reason: str
+
+
+def check_restorable(repo: Repository, manifest: Manifest, *, verify: bool) -> None:
+    """Raise ``IntegrityError`` unless the checkpoint can be restored."""
+    if STATE_PART not in manifest.parts:
+        raise InvalidCheckpoint(f"{manifest.checkpoint_id} has no pipeline state")
+    if verify:
+        report = repo.verify(manifest)
+        if not report.ok:
+            raise IntegrityError(f"{manifest.checkpoint_id} failed verification: {report.summary()}")
+
+
+def build_context(
+    repo: Repository,
+    manifest: Manifest,
+    *,
+    mode: ResumeMode,
+    reason: str,
+    operation: OperationInfo | None,
+) -> ResumeContext:
+    """Read the state (every chunk checked) and describe where to go on from."""
+    state = decode_state(repo.read(manifest, [STATE_PART])[STATE_PART])
+    completed = _names(state.get("completed_stages"))
+    pending = _names(state.get("pending_stages"))
+    if not pending and operation is not None:
+        pending = tuple(s for s in operation.stages if s not in completed)
+    results = state.get("stage_results")
+
+    def reader(name: str, path: Any) -> bytes | None:
+        part = ATTACHMENT_PREFIX + name
+        if path is None:
+            return repo.read(manifest, [part])[part]
+        repo.restore_part(manifest, part, path)
+        return None
+
+    return ResumeContext(
+        operation_id=manifest.operation_id,
+        pipeline_config_path=operation.config_path if operation else "",
+        completed_stages=completed,
+        pending_stages=pending,
+        stage_results=results if isinstance(results, dict) else {},
+        start_time=_start_time(manifest, operation),
+        resume_time=datetime.now(UTC),
+        resume_mode=mode,
+        resume_reason=reason,
+        checkpoint_id=manifest.checkpoint_id,
+        state=state,
+        consumed=dict(manifest.consumed),
+        produced=dict(manifest.produced),
+        stage_name=manifest.stage,
+        progress_percentage=manifest.progress,
+        attachment_names=attachment_names(list(manifest.parts)),
+        _reader=reader,
+    )
+
+
+def fresh_context(
+    operation_id: str, operation: OperationInfo | None, reason: str, mode: ResumeMode
+) -> ResumeContext:
+    """A context for starting clean (FULL_RESTART, or nothing to resume from)."""
+    now = datetime.now(UTC)
+    return ResumeContext(
+        operation_id=operation_id,
+        pipeline_config_path=operation.config_path if operation else "",
+        completed_stages=(),
+        pending_stages=tuple(operation.stages) if operation else (),
+        stage_results={},
+        start_time=datetime.fromtimestamp(operation.created_at, UTC) if operation else now,
+        resume_time=now,
+        resume_mode=mode,
+        resume_reason=reason,
+        checkpoint_id=None,
+        state={},
+    )
+
+
+def line_choice(
+    catalog: Catalog,
+    operation_id: str,
+    worker_id: str,
+    *,
+    selection: ResumeSelection,
+    score: Callable[[Any], float] | None,
+    excluded: Mapping[str, set[int]],
+) -> Choice:
+    """This worker's place in the recovery line computed from the index."""
+    histories = catalog.histories(operation_id)
+    histories.setdefault(worker_id, [])
+    line = recovery_line(histories, selection=selection, score=score, excluded=excluded)
+    cut = line.cuts[worker_id]
+    if cut.seq is None:
+        return Choice(None, cut.reason)
+    return Choice(f"{operation_id}/{worker_id}/{cut.seq}", f"recovery line: {cut.reason}")
+
+
+def plan_choice(body: Mapping[str, Any], generation: int, worker_id: str) -> Choice | None:
+    """This worker's entry in a published plan (None when the plan does not name it)."""
+    entries = body.get("entries")
+    entry = entries.get(worker_id) if isinstance(entries, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    cid, why = entry.get("checkpoint_id"), str(entry.get("reason", ""))
+    if cid is not None and not isinstance(cid, str):
+        return None
+    return Choice(cid, f"resume plan generation {generation}: {why}".rstrip(": "))
+
+
+def interactive_choice(points: list[CheckpointMetadata], chooser: Chooser | None) -> Choice:
+    """Ask ``chooser`` (default: a numbered prompt on the terminal)."""
+    picked = (chooser or terminal_chooser)(points)
+    if picked is None:
+        return Choice(None, "chosen interactively: start clean")
+    cid = picked.checkpoint_id if isinstance(picked, CheckpointMetadata) else picked
+    if cid not in {p.checkpoint_id for p in points}:
+        raise InvalidCheckpoint(f"the chooser picked {cid!r}, which is not a resume point")
+    return Choice(cid, "chosen interactively")
+
+
+def best_choice(points: Sequence[CheckpointMetadata], best_fn: BestFn | None) -> Choice | None:
+    """The highest-scoring point (default: progress, then recency)."""
+    if not points:
+        return None
+    fn = best_fn or (lambda p: p.progress_percentage)
+    best = max(points, key=lambda p: (fn(p), p.timestamp, p.seq))
+    return Choice(best.checkpoint_id, f"best checkpoint (score {fn(best):g})")
+
+
+def terminal_chooser(points: list[CheckpointMetadata]) -> CheckpointMetadata | None:
+    """Prompt for a resume point on the terminal; ``InteractiveUnavailable`` without one."""
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise InteractiveUnavailable("interactive resume needs a terminal or a chooser")
+    for i, p in enumerate(points, 1):
+        print(f"{i:3}. {p.checkpoint_id}  {p.stage_name}  {p.progress_percentage:.1f}%  {p.timestamp:%Y-%m-%d %H:%M:%S}")
+    while True:
+        answer = input(f"resume from [1-{len(points)}, 0 = start clean]: ").strip()
+        if answer.isdigit() and 0 <= int(answer) <= len(points):
+            return points[int(answer) - 1] if int(answer) else None
+        print("please enter a number from the list")
+
+
+def _names(value: object) -> tuple[str, ...]:
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    return ()
+
+
+def _start_time(manifest: Manifest, operation: OperationInfo | None) -> datetime:
+    if operation is not None:
+        return datetime.fromtimestamp(operation.created_at, UTC)
+    return manifest.created_at - timedelta(seconds=manifest.elapsed_seconds)
+
+
+__all__ = [
+    "BestFn",
+    "Choice",
+    "Chooser",
+    "best_choice",
+    "build_context",
+    "check_restorable",
+    "fresh_context",
+    "interactive_choice",
+    "line_choice",
+    "metadata_of",
+    "plan_choice",
+]

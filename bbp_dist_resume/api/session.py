@@ -1,0 +1,214 @@
+"""``WorkerSession``: one worker's hold on one operation's slot, and its commits.
+
+Opening a session does DESIGN.md's takeover: acquire the lease (a fresh fence), add to
+the index what the store has and the index lacks, write the takeover record at the next
+seq, index it, and start the heartbeat. ``commit`` then runs steps 3-5 for a snapshot:
+upload the missing chunks, write the create-only commit record, index it. A refused
+commit record means a newer owner took over: the session is lost for good.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from bbp_dist_resume.api.catalog import store_history
+from bbp_dist_resume.coordination import Coordination
+from bbp_dist_resume.coordination.heartbeat import Heartbeat
+from bbp_dist_resume.coordination.models import CheckpointSummary, Lease, OperationInfo
+from bbp_dist_resume.errors import (
+    CommitConflict,
+    CoordinationUnavailable,
+    FencedError,
+    LeaseLostError,
+)
+from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository
+
+log = logging.getLogger(__name__)
+_INDEX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CommitRequest:
+    """What the caller says about one checkpoint; the session adds the slot and lease."""
+
+    stage: str
+    granularity: str
+    progress: float
+    memory_bytes: int
+    custom_metadata: Mapping[str, str] = field(default_factory=dict)
+    epoch: int | None = None
+    consumed: Mapping[str, int] = field(default_factory=dict)
+    produced: Mapping[str, int] = field(default_factory=dict)
+
+
+class WorkerSession:
+    """A held slot: lease, heartbeat, the next seq. Commits are serialised by the caller."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        coord: Coordination,
+        operation: OperationInfo,
+        lease: Lease,
+        heartbeat: Heartbeat,
+        next_seq: int,
+    ) -> None:
+        self._repo = repo
+        self._coord = coord
+        self.operation = operation
+        self._heartbeat = heartbeat
+        self._next_seq = next_seq
+        self._base: int | None = None
+        self._elapsed_before = 0.0
+        self._started = time.monotonic()
+        self._lost = threading.Event()
+
+    @classmethod
+    def open(
+        cls,
+        repo: Repository,
+        coord: Coordination,
+        operation: OperationInfo,
+        *,
+        worker_id: str,
+        ttl_ms: int,
+        interval_s: float,
+    ) -> WorkerSession:
+        """Acquire the slot and take it over in the store (LeaseHeldError if held)."""
+        op = operation.operation_id
+        lease = coord.acquire(op, worker_id, ttl_ms=ttl_ms)
+        try:
+            repair_index(repo, coord, op, worker_id)
+            takeover = repo.takeover(op, worker_id, owner_token=lease.owner_token, fence=lease.fence)
+            coord.record(lease, CheckpointSummary.of(takeover))
+        except BaseException:
+            _release_quietly(coord, lease)
+            raise
+        session: WorkerSession
+        heartbeat = Heartbeat(coord, lease, interval=interval_s, on_lost=lambda _l: session._lost.set())
+        session = cls(repo, coord, operation, lease, heartbeat, takeover.seq + 1)
+        heartbeat.start()
+        return session
+
+    @property
+    def lease(self) -> Lease:
+        return self._heartbeat.lease
+
+    @property
+    def worker_id(self) -> str:
+        return self.lease.worker_id
+
+    @property
+    def lost(self) -> bool:
+        return self._lost.is_set() or self._heartbeat.lost.is_set()
+
+    @property
+    def next_seq(self) -> int:
+        return self._next_seq
+
+    def elapsed(self) -> float:
+        """Seconds of work behind the next checkpoint: restored ones plus this session's."""
+        return self._elapsed_before + time.monotonic() - self._started
+
+    def resumed_from(self, seq: int, elapsed_s: float) -> None:
+        """The state now comes from this worker's checkpoint ``seq`` (0: a clean start)."""
+        self._base = seq
+        self._elapsed_before = elapsed_s
+        self._started = time.monotonic()
+
+    def check(self) -> Lease:
+        """The lease, or ``LeaseLostError`` (local checks only, no round trip)."""
+        if self._lost.is_set():
+            lease = self._heartbeat.lease
+            raise LeaseLostError(lease.operation_id, lease.worker_id, "slot taken over")
+        return self._heartbeat.check()
+
+    def set_progress(self, percent: float) -> None:
+        self._heartbeat.set_progress(percent)
+
+    def commit(
+        self, parts: Mapping[str, bytes | os.PathLike[str]], request: CommitRequest
+    ) -> Manifest:
+        """Upload, commit and index one checkpoint at the next seq.
+
+        Raises:
+            LeaseLostError: the lease was lost before, or the slot was taken meanwhile.
+            StoreError: an upload or the commit record failed (nothing was committed).
+        """
+        lease = self.check()
+        meta = CheckpointMeta(
+            operation_id=lease.operation_id,
+            worker_id=lease.worker_id,
+            seq=self._next_seq,
+            owner_token=lease.owner_token,
+            fence=lease.fence,
+            stage=request.stage,
+            granularity=request.granularity,
+            progress=request.progress,
+            memory_bytes=request.memory_bytes,
+            elapsed_seconds=self.elapsed(),
+            custom_metadata=request.custom_metadata,
+            epoch=request.epoch,
+            consumed=request.consumed,
+            produced=request.produced,
+            base=self._base,
+        )
+        manifest = self._repo.write(parts, meta)
+        self.check()  # a lease lost during the upload: do not even try the commit point
+        try:
+            self._repo.commit(manifest)
+        except CommitConflict:
+            self._lost.set()
+            raise LeaseLostError(lease.operation_id, lease.worker_id, "slot taken over") from None
+        self._next_seq += 1
+        self._base = None
+        self._index(lease, manifest)
+        return manifest
+
+    def _index(self, lease: Lease, manifest: Manifest) -> None:
+        summary = CheckpointSummary.of(manifest)
+        for attempt in range(_INDEX_ATTEMPTS):
+            try:
+                self._coord.record(lease, summary)
+                return
+            except FencedError:
+                # Committed in the store (so it stays valid), but someone acquired the
+                # slot since: the next owner's takeover indexes it from the store.
+                self._lost.set()
+                raise LeaseLostError(lease.operation_id, lease.worker_id, "fenced") from None
+            except CoordinationUnavailable:
+                time.sleep(0.05 * 2**attempt)
+        log.warning("checkpoint %s committed but not indexed: repaired at the next takeover",
+                    manifest.checkpoint_id)
+
+    def close(self, *, done: bool) -> OperationInfo | None:
+        """Stop the heartbeat and release the slot, marking the worker done if ``done``."""
+        self._heartbeat.stop()
+        lease = self._heartbeat.lease
+        if self.lost:
+            return None
+        if done:
+            return self._coord.mark_worker_done(lease)
+        _release_quietly(self._coord, lease)
+        return None
+
+
+def repair_index(repo: Repository, coord: Coordination, op: str, worker: str) -> int:
+    """Index the worker's commit records that the store has and the index lacks."""
+    indexed = frozenset(s.seq for s in coord.index(op, worker))
+    summaries = store_history(repo, op, worker, skip=indexed)
+    return coord.repair(op, worker, summaries) if summaries else 0
+
+
+def _release_quietly(coord: Coordination, lease: Lease) -> None:
+    try:
+        coord.release(lease)
+    except (LeaseLostError, CoordinationUnavailable) as exc:
+        log.info("releasing %s/%s: %s", lease.operation_id, lease.worker_id, exc)
+
+

@@ -1,0 +1,110 @@
+"""``utils`` (BB-Pipeline ``ResumeSystemUtils``): presets, config validation, operation
+ids, and the ``--resume-*`` command-line arguments."""
+
+from __future__ import annotations
+
+import argparse
+import secrets
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from bbp_dist_resume.api.models import ResumeMode
+from bbp_dist_resume.config import (
+    CheckpointConfig,
+    CheckpointStrategy,
+    create_default_config,
+    create_high_frequency_config,
+    create_low_overhead_config,
+)
+from bbp_dist_resume.errors import ConfigError, InvalidIdentifier
+from bbp_dist_resume.ids import check_id, parse_checkpoint_id
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeRequest:
+    """What ``--resume-operation``, ``--resume-mode`` and ``--resume-checkpoint`` asked."""
+
+    operation_id: str
+    mode: ResumeMode
+    checkpoint_id: str | None = None
+
+
+def validate_config(config: CheckpointConfig | Mapping[str, Any]) -> list[str]:
+    """Problems with a config (a mapping is built first), as sentences; [] when valid."""
+    if isinstance(config, Mapping):
+        try:
+            config = CheckpointConfig(**config)
+        except ConfigError as exc:
+            return [f"{field}: {why}" for field, why in exc.problems]
+    if not isinstance(config, CheckpointConfig):
+        return [f"config: expected a CheckpointConfig or a mapping, not {type(config).__name__}"]
+    return _advice(config)
+
+
+def _advice(config: CheckpointConfig) -> list[str]:
+    out = []
+    if config.strategy is CheckpointStrategy.ADAPTIVE and config.max_memory_threshold_mb < 16:
+        out.append("max_memory_threshold_mb: below 16 MB every adaptive decision checkpoints")
+    if config.cleanup_age < config.time_interval:
+        out.append("cleanup_age: shorter than time_interval, so retention keeps one checkpoint")
+    return out
+
+
+def generate_operation_id(prefix: str = "op") -> str:
+    """A new operation id, unique across processes and machines (80 random bits) and
+    sortable by creation time (UTC, millisecond resolution)."""
+    check_id(prefix, "operation id prefix")
+    now = datetime.now(UTC)
+    stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
+    return f"{prefix}-{stamp}-{secrets.token_hex(10)}"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> Any:  # argparse would exit the process
+        raise ConfigError([("resume arguments", message)])
+
+
+def parse_resume_context(argv: Sequence[str]) -> ResumeRequest | None:
+    """Read ``--resume-operation OP``, ``--resume-mode {full,last,best,interactive}``
+    and ``--resume-checkpoint ID`` from ``argv`` (other arguments are left alone).
+
+    Returns None when no resume was asked. Raises ``ConfigError`` for bad values.
+    """
+    parser = _Parser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--resume-operation")
+    parser.add_argument("--resume-mode", choices=[m.value for m in ResumeMode])
+    parser.add_argument("--resume-checkpoint")
+    known, _ = parser.parse_known_args(list(argv))
+    if not (known.resume_operation or known.resume_mode or known.resume_checkpoint):
+        return None
+    checkpoint = known.resume_checkpoint
+    op = known.resume_operation
+    try:
+        if checkpoint is not None:
+            cp_op = parse_checkpoint_id(checkpoint)[0]
+            if op is not None and op != cp_op:
+                raise ConfigError([("--resume-checkpoint", f"belongs to {cp_op}, not {op}")])
+            op = cp_op
+        if op is None:
+            raise ConfigError([("--resume-operation", "required with --resume-mode")])
+        check_id(op, "operation id")
+    except InvalidIdentifier as exc:
+        raise ConfigError([("resume arguments", str(exc))]) from None
+    return ResumeRequest(
+        operation_id=op,
+        mode=ResumeMode(known.resume_mode or ResumeMode.LAST_CHECKPOINT.value),
+        checkpoint_id=checkpoint,
+    )
+
+
+__all__ = [
+    "ResumeRequest",
+    "create_default_config",
+    "create_high_frequency_config",
+    "create_low_overhead_config",
+    "generate_operation_id",
+    "parse_resume_context",
+    "validate_config",
+]
