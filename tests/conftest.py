@@ -177,3 +177,35 @@ def redis_client(redis_url: str) -> Iterator[redis.Redis]:
     client.flushdb()
     yield client
     client.close()
+
+
+@pytest.fixture(params=["s3-redis", "file-sqlite"])
+def backend_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, str]:
+    """``(store_url, coord_url)`` of one backend pair, fresh for the test: S3 under a new
+    prefix + the standalone Redis (db 0, emptied), or a local directory + a SQLite file."""
+    if request.param == "s3-redis":
+        client = redis.Redis.from_url(request.getfixturevalue("redis_url"))
+        client.flushdb()
+        client.close()
+        return request.getfixturevalue("s3_url"), request.getfixturevalue("redis_url")
+    return f"file:{tmp_path / 'store'}", f"sqlite:{tmp_path / 'coord.db'}"
+
+
+@pytest.fixture
+def make_config(backend_urls: tuple[str, str]) -> Callable[..., Any]:
+    """``make_config(**overrides)``: a ``CheckpointConfig`` on ``backend_urls`` with short
+    leases (2 s ttl, 0.5 s heartbeats) unless overridden."""
+    from bbp_dist_resume import CheckpointConfig
+
+    store_url, coord_url = backend_urls
+
+    def make(**overrides: Any) -> Any:
+        base: dict[str, Any] = {
+            "store_url": store_url,
+            "coord_url": coord_url,
+            "lease_ttl": 2,
+            "heartbeat_interval": 0.5,
+        }
+        return CheckpointConfig(**(base | overrides))
+
+    return make

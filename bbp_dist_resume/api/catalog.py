@@ -94,9 +94,7 @@ class Catalog:
             for s in entries
             if s.kind == "checkpoint"
         ]
-        points = list(
-            self._pool.map(lambda ws: self._point(operation_id, ws[0], ws[1]), summaries)
-        )
+        points = list(self._pool.map(lambda ws: self._point(operation_id, ws[0], ws[1]), summaries))
         return sorted(points, key=lambda p: (p.timestamp, p.worker_id, p.seq))
 
     def _point(self, op: str, worker: str, summary: CheckpointSummary) -> CheckpointMetadata:
@@ -158,8 +156,9 @@ def _from_summary(cid: str, op: str, worker: str, s: CheckpointSummary) -> Check
     )
 
 
-def store_history(repo: Repository, op: str, worker: str, skip: frozenset[int] = frozenset()
-                  ) -> list[CheckpointSummary]:
+def store_history(
+    repo: Repository, op: str, worker: str, skip: frozenset[int] = frozenset()
+) -> list[CheckpointSummary]:
     """A worker's commit records read from the store, by seq (unreadable ones are logged
     and left out: they can never be restored)."""
     out = []

@@ -43,7 +43,9 @@ class CheckpointGuard:
         if current is None:
             resume_system.start_monitoring(operation_id)
         elif current != operation_id:
-            raise InvalidStateError(f"the resume system is monitoring {current}, not {operation_id}")
+            raise InvalidStateError(
+                f"the resume system is monitoring {current}, not {operation_id}"
+            )
 
     def __enter__(self) -> CheckpointGuard:
         return self

@@ -38,13 +38,15 @@ class Maintenance:
         try:
             manifest = self._catalog.manifest(checkpoint_id)
         except (ObjectNotFound, InvalidCheckpoint) as exc:
-            return VerifyReport(checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0,
-                                problems=(str(exc),))
+            return VerifyReport(
+                checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0, problems=(str(exc),)
+            )
         except BBPError as exc:
             if isinstance(exc, ValueError):
                 raise  # a malformed id
-            return VerifyReport(checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0,
-                                problems=(str(exc),))
+            return VerifyReport(
+                checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0, problems=(str(exc),)
+            )
         return self._repo.verify(manifest, deep=deep)
 
     def protected(self, operation_id: str, histories: Histories) -> dict[str, set[int]]:

@@ -11,6 +11,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from bbp_dist_resume.errors import InvalidIdentifier
+
 
 class ResumeMode(StrEnum):
     """How to resume (BB-Pipeline ``ResumeMode``)."""
@@ -109,8 +111,6 @@ class ResumeContext:
         return Path(path)
 
     def _read(self, name: str, path: str | os.PathLike[str] | None) -> bytes | None:
-        from bbp_dist_resume.errors import InvalidIdentifier
-
         if name not in self.attachment_names or self._reader is None:
             raise InvalidIdentifier("attachment name", name, f"not in {self.checkpoint_id}")
         return self._reader(name, path)

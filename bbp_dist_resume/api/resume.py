@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,7 +50,9 @@ def check_restorable(repo: Repository, manifest: Manifest, *, verify: bool) -> N
     if verify:
         report = repo.verify(manifest)
         if not report.ok:
-            raise IntegrityError(f"{manifest.checkpoint_id} failed verification: {report.summary()}")
+            raise IntegrityError(
+                f"{manifest.checkpoint_id} failed verification: {report.summary()}"
+            )
 
 
 def build_context(
@@ -150,6 +152,8 @@ def plan_choice(body: Mapping[str, Any], generation: int, worker_id: str) -> Cho
 
 def interactive_choice(points: list[CheckpointMetadata], chooser: Chooser | None) -> Choice:
     """Ask ``chooser`` (default: a numbered prompt on the terminal)."""
+    if not points:
+        return Choice(None, "no resume point to choose from: start clean")
     picked = (chooser or terminal_chooser)(points)
     if picked is None:
         return Choice(None, "chosen interactively: start clean")
@@ -159,21 +163,13 @@ def interactive_choice(points: list[CheckpointMetadata], chooser: Chooser | None
     return Choice(cid, "chosen interactively")
 
 
-def best_choice(points: Sequence[CheckpointMetadata], best_fn: BestFn | None) -> Choice | None:
-    """The highest-scoring point (default: progress, then recency)."""
-    if not points:
-        return None
-    fn = best_fn or (lambda p: p.progress_percentage)
-    best = max(points, key=lambda p: (fn(p), p.timestamp, p.seq))
-    return Choice(best.checkpoint_id, f"best checkpoint (score {fn(best):g})")
-
-
 def terminal_chooser(points: list[CheckpointMetadata]) -> CheckpointMetadata | None:
     """Prompt for a resume point on the terminal; ``InteractiveUnavailable`` without one."""
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         raise InteractiveUnavailable("interactive resume needs a terminal or a chooser")
     for i, p in enumerate(points, 1):
-        print(f"{i:3}. {p.checkpoint_id}  {p.stage_name}  {p.progress_percentage:.1f}%  {p.timestamp:%Y-%m-%d %H:%M:%S}")
+        when = f"{p.timestamp:%Y-%m-%d %H:%M:%S}"
+        print(f"{i:3}. {p.checkpoint_id}  {p.stage_name}  {p.progress_percentage:.1f}%  {when}")
     while True:
         answer = input(f"resume from [1-{len(points)}, 0 = start clean]: ").strip()
         if answer.isdigit() and 0 <= int(answer) <= len(points):
@@ -197,7 +193,6 @@ __all__ = [
     "BestFn",
     "Choice",
     "Chooser",
-    "best_choice",
     "build_context",
     "check_restorable",
     "fresh_context",

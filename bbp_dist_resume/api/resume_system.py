@@ -12,15 +12,20 @@ import logging
 import shutil
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, overload
 
 from bbp_dist_resume.api import resume as rsm
-from bbp_dist_resume.api.catalog import Catalog, metadata_of
+from bbp_dist_resume.api.callbacks import Callbacks
+from bbp_dist_resume.api.catalog import Catalog
+from bbp_dist_resume.api.checkpointer import (
+    CheckpointArgs,
+    Checkpointer,
+    Plumbing,
+    schedule_policy,
+)
 from bbp_dist_resume.api.committer import Committer
 from bbp_dist_resume.api.maintenance import Maintenance
 from bbp_dist_resume.api.models import (
@@ -30,29 +35,17 @@ from bbp_dist_resume.api.models import (
     ResumeState,
     ResumeStatistics,
 )
-from bbp_dist_resume.api.session import CommitRequest, WorkerSession
-from bbp_dist_resume.api.snapshot import Attachment, Snapshot, take_snapshot
+from bbp_dist_resume.api.resumer import Resumer
+from bbp_dist_resume.api.session import WorkerSession
+from bbp_dist_resume.api.snapshot import Attachment
 from bbp_dist_resume.api.state import StateMachine
 from bbp_dist_resume.api.stats import StatsRecorder
-from bbp_dist_resume.api.sysinfo import SystemProbe
-from bbp_dist_resume.config import CheckpointConfig, CheckpointStrategy
+from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.coordination import Coordination, OperationInfo, open_coordination
-from bbp_dist_resume.errors import (
-    BBPError,
-    CheckpointFailed,
-    InvalidCheckpoint,
-    InvalidStateError,
-    LeaseLostError,
-    UnknownOperation,
-)
+from bbp_dist_resume.errors import InvalidStateError, LeaseLostError, UnknownOperation
 from bbp_dist_resume.ids import check_id
-from bbp_dist_resume.policy import (
-    Boundary,
-    CheckpointSchedule,
-    ResumeSelection,
-    SchedulePolicy,
-)
-from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository, open_repository
+from bbp_dist_resume.policy import Boundary
+from bbp_dist_resume.repository import Manifest, Repository, RepositoryStats, open_repository
 
 log = logging.getLogger("bbp_dist_resume")
 
@@ -62,8 +55,15 @@ RecoveryCallback = Callable[[str, bool], None]
 ErrorCallback = Callable[[str, BaseException], None]
 # Settings that choose where data lives: they cannot change under an open system.
 _FIXED_WHILE_OPEN = (
-    "store_url", "coord_url", "enable_encryption", "encryption_key", "decryption_keys",
-    "chunk_min_size", "chunk_avg_size", "chunk_max_size", "upload_concurrency",
+    "store_url",
+    "coord_url",
+    "enable_encryption",
+    "encryption_key",
+    "decryption_keys",
+    "chunk_min_size",
+    "chunk_avg_size",
+    "chunk_max_size",
+    "upload_concurrency",
 )
 
 
@@ -76,19 +76,16 @@ class ResumeSystem:
         self._lock = threading.RLock()
         self._machine = StateMachine()
         self._stats = StatsRecorder()
-        self._probe = SystemProbe()
-        self._schedule = CheckpointSchedule(_schedule_policy(self._config))
-        self._callbacks: dict[str, Callable[..., None] | None] = {}
+        self._callbacks = Callbacks()
         self._repo: Repository | None = None
         self._coord: Coordination | None = None
         self._catalog: Catalog | None = None
         self._committer: Committer | None = None
+        self._checkpointer: Checkpointer | None = None
         self._maintenance: Maintenance | None = None
         self._session: WorkerSession | None = None
         self._spool: Path | None = None
         self._pending_base: dict[str, tuple[int, float]] = {}
-        self._progress = 0.0
-        self._last_stage: str | None = None
         self.set_detailed_logging(self._config.detailed_logging)
 
     # -- life cycle ----------------------------------------------------------------------
@@ -109,6 +106,14 @@ class ResumeSystem:
             self._maintenance = Maintenance(repo, coord, self._catalog)
             self._committer = Committer(self._config.max_pending_checkpoints)
             self._spool = Path(tempfile.mkdtemp(prefix="bbp-spool-"))
+            plumbing = Plumbing(
+                machine=self._machine,
+                stats=self._stats,
+                callbacks=self._callbacks,
+                config=self.get_config,
+                maintenance=self._maint,
+            )
+            self._checkpointer = Checkpointer(plumbing, self._committer, self._spool)
             self._stats.reset(repo.stats())
             return True
 
@@ -123,7 +128,7 @@ class ResumeSystem:
             if self._spool is not None:
                 shutil.rmtree(self._spool, ignore_errors=True)
             self._repo = self._coord = self._catalog = self._committer = None
-            self._maintenance = None
+            self._maintenance = self._checkpointer = None
             self._spool = None
             if self._machine.state is not ResumeState.IDLE:
                 self._machine.move(ResumeState.IDLE)
@@ -168,8 +173,7 @@ class ResumeSystem:
             )
             if operation_id in self._pending_base:
                 self._session.resumed_from(*self._pending_base.pop(operation_id))
-            self._schedule = CheckpointSchedule(_schedule_policy(self._config))
-            self._schedule.set_observed_mtbf(self._maint().observed_mtbf(operation_id))
+            self._ckpt().reset_schedule(self._maint().observed_mtbf(operation_id))
             self._stats.monitoring(True)
             self._machine.move(ResumeState.RUNNING)
         log.info("monitoring %s as %s", operation_id, self.worker_id)
@@ -281,81 +285,27 @@ class ResumeSystem:
             InvalidStateError: not monitoring. LeaseLostError: the lease is lost.
             CheckpointFailed: the checkpoint failed and ``strict`` is on.
         """
-        started = time.monotonic()
-        session = self._require_session()
-        if progress is not None:
-            self._report_progress(session, progress)
-        request = _request(
-            session, stage_name, custom_metadata, progress if progress is not None else self._progress,
-            consumed, produced, epoch, self._probe.rss_bytes(), self._config.granularity.value,
+        args = CheckpointArgs(
+            stage=stage_name,
+            state=pipeline_state,
+            custom_metadata=custom_metadata,
+            attachments=attachments,
+            progress=progress,
+            consumed=consumed,
+            produced=produced,
+            epoch=epoch,
+            blocking=blocking,
         )
-        snap = take_snapshot(pipeline_state, attachments, spool_dir=None if blocking else self._spool)
-        self._last_stage = stage_name
-        self._machine.checkpoint_started()
-        try:
-            fut = self._require_committer().submit(lambda: self._commit(session, snap, request))
-        except BaseException:
-            snap.discard()
-            self._machine.checkpoint_finished()
-            raise
-        if not blocking:
-            self._blocked(started, request.progress)
-            return fut
-        try:
-            return fut.result()
-        finally:
-            self._blocked(started, request.progress)
-
-    def _blocked(self, started: float, progress: float) -> None:
-        seconds = time.monotonic() - started
-        self._stats.blocked(seconds)
-        with self._lock:
-            self._schedule.saved(progress, seconds)
-
-    def _commit(self, session: WorkerSession, snap: Snapshot, request: CommitRequest) -> str:
-        started = time.monotonic()
-        try:
-            manifest = session.commit(snap.parts, request)
-        except LeaseLostError as exc:
-            self._failed(request.stage, exc, started)
-            self._machine.fail()
-            raise
-        except (BBPError, OSError) as exc:
-            self._failed(request.stage, exc, started)
-            if self._config.strict:
-                raise CheckpointFailed(request.stage, str(exc)) from exc
-            return ""
-        finally:
-            snap.discard()
-            self._machine.checkpoint_finished()
-        self._stats.checkpoint(True, time.monotonic() - started)
-        log.debug("checkpoint %s committed", manifest.checkpoint_id)
-        self._call("checkpoint", manifest.checkpoint_id, metadata_of(manifest, verified=True))
-        if self._config.auto_cleanup:
-            self._auto_cleanup(session)
-        return manifest.checkpoint_id
-
-    def _failed(self, stage: str, exc: BaseException, started: float) -> None:
-        self._stats.checkpoint(False, time.monotonic() - started, f"{stage}: {exc}")
-        log.warning("checkpoint of stage %s failed: %s", stage, exc)
-        self._call("error", stage, exc)
-
-    def _auto_cleanup(self, session: WorkerSession) -> None:
-        try:
-            self._maint().cleanup(
-                session.operation.operation_id, [self.worker_id], self._config
-            )
-        except BBPError as exc:
-            log.warning("automatic cleanup failed: %s", exc)
+        return self._ckpt().create(self._require_session(), args)
 
     def create_automatic_checkpoint(
         self, stage_name: str, pipeline_state: Mapping[str, Any], progress_percentage: float = 0.0
     ) -> str | None:
         """Checkpoint if the strategy says it is time (a stage boundary when the stage
         changed since the last call, else a task boundary); None when it is not."""
-        with self._lock:
-            boundary = Boundary.STAGE if stage_name != self._last_stage else Boundary.TASK
-            self._last_stage = stage_name
+        ckpt = self._ckpt()
+        boundary = Boundary.STAGE if stage_name != ckpt.last_stage else Boundary.TASK
+        ckpt.last_stage = stage_name
         return self.checkpoint_if_due(stage_name, pipeline_state, progress_percentage, boundary)
 
     def checkpoint_if_due(
@@ -367,28 +317,13 @@ class ResumeSystem:
         custom_metadata: Mapping[str, str] | None = None,
     ) -> str | None:
         """Ask the strategy about this boundary; checkpoint when it says so."""
-        session = self._require_session()
-        self._report_progress(session, progress_percentage)
-        sample = self._probe.sample() if self._config.strategy is CheckpointStrategy.ADAPTIVE else None
-        with self._lock:
-            decision = self._schedule.decide(boundary, progress_percentage, sample)
-            memory = decision.save and self._schedule.memory_pressure(sample)
-        if not decision.save:
-            return None
-        log.debug("checkpointing %s: %s", stage_name, decision.reason)
-        cid = self.create_checkpoint(
-            stage_name, pipeline_state, custom_metadata, progress=progress_percentage
+        args = CheckpointArgs(
+            stage=stage_name,
+            state=pipeline_state,
+            custom_metadata=custom_metadata,
+            progress=progress_percentage,
         )
-        if memory:
-            with self._lock:
-                self._schedule.saved(progress_percentage, 0.0, memory=True)
-        return cid
-
-    def _report_progress(self, session: WorkerSession, percent: float) -> None:
-        _check_progress(percent)
-        self._progress = float(percent)
-        session.set_progress(self._progress)
-        self._call("progress", session.operation.operation_id, self._progress)
+        return self._ckpt().if_due(self._require_session(), args, boundary)
 
     def wait_until_finished(self) -> None:
         """Wait for every checkpoint submitted so far."""
@@ -435,7 +370,9 @@ class ResumeSystem:
         fails verification.
         """
         return self._resumer().from_target(
-            checkpoint_id, ResumeMode(mode), best_fn or self._config.best_fn,
+            checkpoint_id,
+            ResumeMode(mode),
+            best_fn or self._config.best_fn,
             chooser or self._config.chooser,
         )
 
@@ -445,9 +382,8 @@ class ResumeSystem:
         check_id(operation_id, "operation id")
         return self._resumer().automatically(operation_id)
 
-    def _resumer(self) -> Any:
-        from bbp_dist_resume.api.resumer import Resumer
-
+    def _resumer(self) -> Resumer:
+        self.initialize()
         return Resumer(self)
 
     # -- maintenance ---------------------------------------------------------------------
@@ -477,18 +413,17 @@ class ResumeSystem:
         return self._machine.state
 
     def get_statistics(self) -> ResumeStatistics:
-        repo = self._repo
-        with self._lock:
-            mtbf = self._schedule.mtbf()
+        repo, ckpt = self._repo, self._checkpointer
+        mtbf = ckpt.schedule.mtbf() if ckpt else None
         return self._stats.snapshot(
-            repo.stats() if repo else _zero_stats(),
+            repo.stats() if repo else RepositoryStats(),
             interval_s=self._config.time_interval.total_seconds(),
             mtbf_s=mtbf,
         )
 
     def reset_statistics(self) -> None:
         repo = self._repo
-        self._stats.reset(repo.stats() if repo else _zero_stats())
+        self._stats.reset(repo.stats() if repo else RepositoryStats())
         if self._session is not None:
             self._stats.monitoring(True)
 
@@ -500,11 +435,16 @@ class ResumeSystem:
         data lives (store, backend, keys, chunking) while the system is open."""
         with self._lock:
             if self._repo is not None:
-                changed = [f for f in _FIXED_WHILE_OPEN if getattr(config, f) != getattr(self._config, f)]
+                changed = [
+                    f for f in _FIXED_WHILE_OPEN if getattr(config, f) != getattr(self._config, f)
+                ]
                 if changed:
-                    raise InvalidStateError(f"cannot change {', '.join(changed)} while open: shut down first")
+                    raise InvalidStateError(
+                        f"cannot change {', '.join(changed)} while open: shut down first"
+                    )
             self._config = config
-            self._schedule.set_policy(_schedule_policy(config))
+            if self._checkpointer is not None:
+                self._checkpointer.schedule.set_policy(schedule_policy(config))
             self.set_detailed_logging(config.detailed_logging)
 
     def set_detailed_logging(self, enabled: bool) -> None:
@@ -513,29 +453,22 @@ class ResumeSystem:
 
     def set_progress_callback(self, callback: ProgressCallback | None) -> None:
         """``callback(operation_id, percent)`` at every progress report."""
-        self._callbacks["progress"] = callback
+        self._callbacks.set("progress", callback)
 
     def set_checkpoint_callback(self, callback: CheckpointCallback | None) -> None:
         """``callback(checkpoint_id, metadata)`` after every commit."""
-        self._callbacks["checkpoint"] = callback
+        self._callbacks.set("checkpoint", callback)
 
     def set_recovery_callback(self, callback: RecoveryCallback | None) -> None:
         """``callback(checkpoint_id, success)`` after every resume attempt."""
-        self._callbacks["recovery"] = callback
+        self._callbacks.set("recovery", callback)
 
     def set_error_callback(self, callback: ErrorCallback | None) -> None:
         """``callback(stage_name, exception)`` when a checkpoint fails."""
-        self._callbacks["error"] = callback
+        self._callbacks.set("error", callback)
 
     def _call(self, which: str, *args: Any) -> None:
-        # Called with no internal lock held; a failing callback never breaks the system.
-        callback = self._callbacks.get(which)
-        if callback is None:
-            return
-        try:
-            callback(*args)
-        except Exception:
-            log.exception("%s callback failed", which)
+        self._callbacks.call(which, *args)
 
     # -- internals shared with the resumer and the guard ---------------------------------
 
@@ -555,10 +488,10 @@ class ResumeSystem:
             raise
         return session
 
-    def _require_committer(self) -> Committer:
-        if self._committer is None:
+    def _ckpt(self) -> Checkpointer:
+        if self._checkpointer is None:
             raise InvalidStateError("the resume system is shut down")
-        return self._committer
+        return self._checkpointer
 
     def _cat(self) -> Catalog:
         self.initialize()
@@ -579,71 +512,15 @@ class ResumeSystem:
 
     def _note_resumed(self, operation_id: str, manifest: Manifest | None) -> None:
         """The worker's state now comes from ``manifest`` (None: a clean start)."""
-        own = manifest is not None and manifest.worker_id == self.worker_id
-        base = (manifest.seq if own else 0, manifest.elapsed_seconds if manifest else 0.0)
+        base = (0, 0.0)
+        if manifest is not None:
+            own = manifest.worker_id == self.worker_id
+            base = (manifest.seq if own else 0, manifest.elapsed_seconds)
         with self._lock:
             session = self._session
             if session is not None and session.operation.operation_id == operation_id:
                 session.resumed_from(*base)
             else:
                 self._pending_base[operation_id] = base
-            if manifest is not None:
-                self._progress = manifest.progress
-                self._last_stage = manifest.stage
-
-
-def _schedule_policy(config: CheckpointConfig) -> SchedulePolicy:
-    return SchedulePolicy(
-        strategy=config.strategy,
-        granularity=config.granularity,
-        interval_s=config.time_interval.total_seconds(),
-        progress_threshold=config.progress_threshold,
-        memory_threshold_mb=config.max_memory_threshold_mb,
-        mtbf_s=config.mtbf.total_seconds() if config.mtbf else None,
-    )
-
-
-def _check_progress(percent: object) -> None:
-    if isinstance(percent, bool) or not isinstance(percent, int | float) or not 0 <= percent <= 100:
-        raise InvalidCheckpoint(f"progress must be a number from 0 to 100, not {percent!r}")
-
-
-def _request(
-    session: WorkerSession,
-    stage: str,
-    custom_metadata: Mapping[str, str] | None,
-    progress: float,
-    consumed: Mapping[str, int] | None,
-    produced: Mapping[str, int] | None,
-    epoch: int | None,
-    rss: int,
-    granularity: str,
-) -> CommitRequest:
-    request = CommitRequest(
-        stage=stage,
-        granularity=granularity,
-        progress=progress,
-        memory_bytes=rss,
-        custom_metadata=dict(custom_metadata or {}),
-        epoch=epoch,
-        consumed=dict(consumed or {}),
-        produced=dict(produced or {}),
-    )
-    lease = session.lease
-    # Every value is checked now, before the snapshot, so bad input stores nothing.
-    CheckpointMeta(
-        operation_id=lease.operation_id, worker_id=lease.worker_id, seq=1,
-        owner_token=lease.owner_token, fence=lease.fence, stage=stage, granularity=granularity,
-        progress=progress, memory_bytes=rss, custom_metadata=request.custom_metadata,
-        epoch=epoch, consumed=request.consumed, produced=request.produced,
-    )
-    return request
-
-
-def _zero_stats() -> Any:
-    from bbp_dist_resume.repository import RepositoryStats
-
-    return RepositoryStats()
-
-
-__all__ = ["ResumeSystem", "datetime", "UTC", "ResumeSelection"]
+        if manifest is not None and self._checkpointer is not None:
+            self._checkpointer.restored(manifest.progress, manifest.stage)

@@ -84,8 +84,12 @@ class Resumer:
         if mode is ResumeMode.BEST_CHECKPOINT:
             return self._best_line(operation_id, best_fn)
         return rsm.line_choice(
-            self._rs._cat(), operation_id, self._rs.worker_id,
-            selection=ResumeSelection.LAST, score=None, excluded={},
+            self._rs._cat(),
+            operation_id,
+            self._rs.worker_id,
+            selection=ResumeSelection.LAST,
+            score=None,
+            excluded={},
         )
 
     def _points(self, operation_id: str, exact: str | None) -> list[CheckpointMetadata]:
@@ -99,16 +103,19 @@ class Resumer:
         if best_fn is not None:
             # A user score needs the full metadata: score every point once, by its root.
             ranked = {
-                p.verification_hash: best_fn(p)
-                for p in self._rs._cat().resume_points(operation_id)
+                p.verification_hash: best_fn(p) for p in self._rs._cat().resume_points(operation_id)
             }
 
             def score(point: Point) -> float:
                 return ranked.get(point.root, float("-inf"))
 
         return rsm.line_choice(
-            self._rs._cat(), operation_id, self._rs.worker_id,
-            selection=ResumeSelection.BEST, score=score, excluded={},
+            self._rs._cat(),
+            operation_id,
+            self._rs.worker_id,
+            selection=ResumeSelection.BEST,
+            score=score,
+            excluded={},
         )
 
     def _automatically(self, operation_id: str) -> ResumeContext | None:
@@ -126,7 +133,9 @@ class Resumer:
                 _, worker, seq = parse_checkpoint_id(choice.checkpoint_id)
                 excluded.setdefault(worker, set()).add(seq)
                 choice = self._line(operation_id, excluded)
-        raise IntegrityError(f"no restorable checkpoint of {operation_id} after {_MAX_FALLBACKS} tries")
+        raise IntegrityError(
+            f"no restorable checkpoint of {operation_id} after {_MAX_FALLBACKS} tries"
+        )
 
     def _plan_choice(self, operation_id: str) -> rsm.Choice | None:
         coord, _ = self._rs._require_open()
@@ -140,8 +149,12 @@ class Resumer:
 
     def _line(self, operation_id: str, excluded: dict[str, set[int]]) -> rsm.Choice:
         return rsm.line_choice(
-            self._rs._cat(), operation_id, self._rs.worker_id,
-            selection=ResumeSelection.LAST, score=None, excluded=excluded,
+            self._rs._cat(),
+            operation_id,
+            self._rs.worker_id,
+            selection=ResumeSelection.LAST,
+            score=None,
+            excluded=excluded,
         )
 
     # -- restoring -----------------------------------------------------------------------
@@ -153,7 +166,10 @@ class Resumer:
         manifest = rs._cat().manifest(choice.checkpoint_id)
         rsm.check_restorable(repo, manifest, verify=rs.get_config().enable_verification)
         context = rsm.build_context(
-            repo, manifest, mode=mode, reason=choice.reason,
+            repo,
+            manifest,
+            mode=mode,
+            reason=choice.reason,
             operation=rs._operation_info(manifest.operation_id),
         )
         rs._note_resumed(manifest.operation_id, manifest)
@@ -165,7 +181,9 @@ class Resumer:
         self._report("", None, ok=True)
         return rsm.fresh_context(operation_id, self._rs._operation_info(operation_id), reason, mode)
 
-    def _report(self, checkpoint_id: str, manifest: Manifest | None, *, ok: bool, why: str = "") -> None:
+    def _report(
+        self, checkpoint_id: str, manifest: Manifest | None, *, ok: bool, why: str = ""
+    ) -> None:
         rs = self._rs
         stage = manifest.stage if manifest is not None else ""
         rs._stats.resume(ok, time.monotonic() - self._started, stage, f"{checkpoint_id}: {why}")
@@ -182,4 +200,3 @@ def _parse_target(target: str) -> tuple[str, str | None]:
         op, _, _ = parse_checkpoint_id(target)
         return op, target
     return check_id(target, "operation id"), None
-

@@ -10,9 +10,9 @@ commit record means a newer owner took over: the session is lost for good.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -54,7 +54,7 @@ class WorkerSession:
         repo: Repository,
         coord: Coordination,
         operation: OperationInfo,
-        lease: Lease,
+        *,
         heartbeat: Heartbeat,
         next_seq: int,
     ) -> None:
@@ -84,14 +84,18 @@ class WorkerSession:
         lease = coord.acquire(op, worker_id, ttl_ms=ttl_ms)
         try:
             repair_index(repo, coord, op, worker_id)
-            takeover = repo.takeover(op, worker_id, owner_token=lease.owner_token, fence=lease.fence)
+            takeover = repo.takeover(
+                op, worker_id, owner_token=lease.owner_token, fence=lease.fence
+            )
             coord.record(lease, CheckpointSummary.of(takeover))
         except BaseException:
             _release_quietly(coord, lease)
             raise
         session: WorkerSession
-        heartbeat = Heartbeat(coord, lease, interval=interval_s, on_lost=lambda _l: session._lost.set())
-        session = cls(repo, coord, operation, lease, heartbeat, takeover.seq + 1)
+        heartbeat = Heartbeat(
+            coord, lease, interval=interval_s, on_lost=lambda _l: session._lost.set()
+        )
+        session = cls(repo, coord, operation, heartbeat=heartbeat, next_seq=takeover.seq + 1)
         heartbeat.start()
         return session
 
@@ -183,8 +187,10 @@ class WorkerSession:
                 raise LeaseLostError(lease.operation_id, lease.worker_id, "fenced") from None
             except CoordinationUnavailable:
                 time.sleep(0.05 * 2**attempt)
-        log.warning("checkpoint %s committed but not indexed: repaired at the next takeover",
-                    manifest.checkpoint_id)
+        log.warning(
+            "checkpoint %s committed but not indexed: repaired at the next takeover",
+            manifest.checkpoint_id,
+        )
 
     def close(self, *, done: bool) -> OperationInfo | None:
         """Stop the heartbeat and release the slot, marking the worker done if ``done``."""
@@ -210,5 +216,3 @@ def _release_quietly(coord: Coordination, lease: Lease) -> None:
         coord.release(lease)
     except (LeaseLostError, CoordinationUnavailable) as exc:
         log.info("releasing %s/%s: %s", lease.operation_id, lease.worker_id, exc)
-
-

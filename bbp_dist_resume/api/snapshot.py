@@ -38,8 +38,7 @@ class Snapshot:
     @property
     def size(self) -> int:
         return sum(
-            len(p) if isinstance(p, bytes) else Path(p).stat().st_size
-            for p in self.parts.values()
+            len(p) if isinstance(p, bytes) else Path(p).stat().st_size for p in self.parts.values()
         )
 
     def discard(self) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter, deque
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
 from bbp_dist_resume.api.models import ResumeStatistics
@@ -90,7 +91,9 @@ class StatsRecorder:
                 successful_resumes=self._resumes["ok"],
                 failed_resumes=self._resumes["failed"],
                 total_recovery_time=timedelta(seconds=self._recovery_s),
-                average_recovery_time=timedelta(seconds=self._recovery_s / resumes if resumes else 0),
+                average_recovery_time=timedelta(
+                    seconds=self._recovery_s / resumes if resumes else 0
+                ),
                 stage_resume_counts=dict(self._stages),
                 recent_failures=tuple(self._failures),
                 total_checkpoints_created=ok,
@@ -105,7 +108,7 @@ class StatsRecorder:
                 dedup_ratio=logical / stored if stored else 1.0,
             )
         advice = recommendations(stats, avg_cost_s=avg_cost, interval_s=interval_s, mtbf_s=mtbf_s)
-        return _with(stats, advice)
+        return replace(stats, recommendations=advice)
 
 
 def recommendations(
@@ -142,9 +145,3 @@ def _human(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds / 60:.0f} min"
     return f"{seconds:.1f} s"
-
-
-def _with(stats: ResumeStatistics, advice: tuple[str, ...]) -> ResumeStatistics:
-    from dataclasses import replace
-
-    return replace(stats, recommendations=advice)

@@ -199,7 +199,12 @@ def _enforce_channels(
             limit = _offset(cuts[producer].point, channel, produced=True)
             for worker in sorted(cuts):
                 if worker != producer and _roll_back(
-                    cuts, candidates[worker], worker, channel, producer, limit
+                    cuts,
+                    candidates[worker],
+                    worker,
+                    channel=channel,
+                    producer=producer,
+                    limit=limit,
                 ):
                     changed = True
 
@@ -208,6 +213,7 @@ def _roll_back(
     cuts: dict[str, _Place],
     points: list[Point],
     worker: str,
+    *,
     channel: str,
     producer: str,
     limit: int,
@@ -217,9 +223,7 @@ def _roll_back(
     if consumed <= limit:
         return False
     below = place.point.seq if place.point is not None else 0
-    earlier = [
-        p for p in points if p.seq < below and _offset(p, channel, produced=False) <= limit
-    ]
+    earlier = [p for p in points if p.seq < below and _offset(p, channel, produced=False) <= limit]
     why = (
         f"rolled back: had consumed {consumed} of {channel!r}, "
         f"but {producer!r} has produced {limit} at its cut"

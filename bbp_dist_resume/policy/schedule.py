@@ -122,8 +122,8 @@ class CheckpointSchedule:
         self._last_time = now
         self._last_progress = progress
         cost = max(0.0, cost_s)
-        self._cost = cost if self._cost is None else (
-            _COST_WEIGHT * cost + (1 - _COST_WEIGHT) * self._cost
+        self._cost = (
+            cost if self._cost is None else (_COST_WEIGHT * cost + (1 - _COST_WEIGHT) * self._cost)
         )
         if memory:
             self._last_memory_save = now
