@@ -32,6 +32,7 @@ test: lint
 bench: venv
 	$(BIN)/python benchmarks/bench_repository.py
 	$(BIN)/python benchmarks/bench_coordination.py
+	$(BIN)/python benchmarks/bench_worker_api.py
 
 services-up: venv
 	$(BIN)/python infra/dev/services.py start --dir .services

@@ -1,12 +1,14 @@
 """A worker process for tests/test_zombie_worker.py (not a test module itself).
 
-Run as ``python tests/_zombie_child.py MODE STORE_URL COORD_URL OPERATION WORKER TTL_S
-HEARTBEAT_S [COUNT]``. It talks one line at a time on stdout (flushed after every line)
+Run as ``python tests/_zombie_child.py MODE CONFIG_JSON OPERATION WORKER [COUNT]``, with
+the ``CheckpointConfig`` as JSON (``model_dump_json()``: the store and coordination URLs,
+the lease TTL, ...). It talks one line at a time on stdout (flushed after every line)
 and reads its commands from stdin:
 
 - ``hold``: start monitoring, commit one checkpoint, print ``READY <checkpoint id>``;
   then for each stdin line ``checkpoint <tag>`` try a checkpoint of ``{"by": tag}`` and
-  print ``COMMITTED <id>``, or ``LOST <id it would have used>`` on ``LeaseLostError``
+  print ``COMMITTED <id>``, or on ``LeaseLostError`` ``LOST <id it would have used>
+  <type of the exception it was raised from, or NoneType>``
   (``ERROR <type> <message>`` on anything else); ``quit`` shuts down and exits.
 - ``bypass``: like ``hold``, but the local lease checks are switched off first
   (``WorkerSession.check`` never raises, the heartbeat never marks the lease lost), so a
@@ -22,8 +24,7 @@ import sys
 import time
 from typing import Any
 
-from bbp_dist_resume import CheckpointConfig, LeaseLostError
-from bbp_dist_resume.api.resume_system import ResumeSystem
+from bbp_dist_resume import CheckpointConfig, LeaseLostError, ResumeSystem
 from bbp_dist_resume.api.session import WorkerSession
 from bbp_dist_resume.coordination.heartbeat import Heartbeat
 from bbp_dist_resume.coordination.models import Lease
@@ -65,8 +66,9 @@ def serve(rs: ResumeSystem, op: str, worker: str) -> None:
         attempted = next_id(rs, op, worker)
         try:
             cid = rs.create_checkpoint("work", {"by": tag})
-        except LeaseLostError:
-            say(f"LOST {attempted}")
+        except LeaseLostError as exc:
+            # ``raise ... from None`` hides the cause from tracebacks, not from __context__.
+            say(f"LOST {attempted} {type(exc.__context__).__name__}")
         except Exception as exc:
             say(f"ERROR {type(exc).__name__} {exc}")
         else:
@@ -84,20 +86,15 @@ def loop(rs: ResumeSystem, count: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    mode, store_url, coord_url, op, worker, ttl, beat = argv[:7]
-    config = CheckpointConfig(
-        store_url=store_url,
-        coord_url=coord_url,
-        lease_ttl=float(ttl),
-        heartbeat_interval=float(beat),
-    )
+    mode, config_json, op, worker = argv[:4]
+    config = CheckpointConfig.model_validate_json(config_json)
     if mode == "bypass":
         bypass_local_lease_checks()
     rs = ResumeSystem(config, worker)
     try:
         rs.start_monitoring(op)
         if mode == "loop":
-            loop(rs, int(argv[7]))
+            loop(rs, int(argv[4]))
             return 0
         say(f"READY {rs.create_checkpoint('work', {'by': 'original'})}")
         serve(rs, op, worker)
