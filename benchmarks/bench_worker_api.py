@@ -254,7 +254,8 @@ def main() -> int:
     lp = report["loop"]
     print(
         f"\nloop: logical {lp['logical_bytes'] / MIB:.0f} MiB, "
-        f"stored {lp['stored_bytes'] / MIB:.1f} MiB, uploaded {lp['uploaded_bytes'] / MIB:.1f} MiB, dedup {lp['dedup_ratio']:.1f}x"
+        f"stored {lp['stored_bytes'] / MIB:.1f} MiB, "
+        f"uploaded {lp['uploaded_bytes'] / MIB:.1f} MiB, dedup {lp['dedup_ratio']:.1f}x"
     )
     for line in lp["recommendations"]:
         print(f"recommendation: {line}")
