@@ -383,7 +383,8 @@ class ResumeSystem:
         return self._resumer().automatically(operation_id)
 
     def _resumer(self) -> Resumer:
-        self.initialize()
+        if self._repo is None:
+            self.initialize()
         return Resumer(self)
 
     # -- maintenance ---------------------------------------------------------------------
@@ -494,12 +495,16 @@ class ResumeSystem:
         return self._checkpointer
 
     def _cat(self) -> Catalog:
-        self.initialize()
+        # No lock when open: the committer thread calls this while a caller holding the
+        # lock waits for it (shutdown flushing pending checkpoints).
+        if self._catalog is None:
+            self.initialize()
         assert self._catalog is not None
         return self._catalog
 
     def _maint(self) -> Maintenance:
-        self.initialize()
+        if self._maintenance is None:
+            self.initialize()
         assert self._maintenance is not None
         return self._maintenance
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bbp_dist_resume.api import resume as rsm
@@ -83,14 +84,7 @@ class Resumer:
             return rsm.Choice(exact, f"{mode.value} checkpoint asked by id")
         if mode is ResumeMode.BEST_CHECKPOINT:
             return self._best_line(operation_id, best_fn)
-        return rsm.line_choice(
-            self._rs._cat(),
-            operation_id,
-            self._rs.worker_id,
-            selection=ResumeSelection.LAST,
-            score=None,
-            excluded={},
-        )
+        return self._line(operation_id, {})
 
     def _points(self, operation_id: str, exact: str | None) -> list[CheckpointMetadata]:
         """The resume points offered to a chooser: this worker's (or the named one's)."""
@@ -109,14 +103,7 @@ class Resumer:
             def score(point: Point) -> float:
                 return ranked.get(point.root, float("-inf"))
 
-        return rsm.line_choice(
-            self._rs._cat(),
-            operation_id,
-            self._rs.worker_id,
-            selection=ResumeSelection.BEST,
-            score=score,
-            excluded={},
-        )
+        return self._line(operation_id, {}, selection=ResumeSelection.BEST, score=score)
 
     def _automatically(self, operation_id: str) -> ResumeContext | None:
         excluded: dict[str, set[int]] = {}
@@ -147,13 +134,20 @@ class Resumer:
             return None
         return rsm.plan_choice(plan.body, plan.generation, self._rs.worker_id)
 
-    def _line(self, operation_id: str, excluded: dict[str, set[int]]) -> rsm.Choice:
+    def _line(
+        self,
+        operation_id: str,
+        excluded: dict[str, set[int]],
+        *,
+        selection: ResumeSelection = ResumeSelection.LAST,
+        score: Callable[[Point], float] | None = None,
+    ) -> rsm.Choice:
         return rsm.line_choice(
             self._rs._cat(),
             operation_id,
             self._rs.worker_id,
-            selection=ResumeSelection.LAST,
-            score=None,
+            selection=selection,
+            score=score,
             excluded=excluded,
         )
 
