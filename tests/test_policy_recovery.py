@@ -8,10 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import pytest
+from assertions import raises_exactly
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from assertions import raises_exactly
 from bbp_dist_resume.errors import InvalidCheckpoint
 from bbp_dist_resume.policy.recovery import (
     RecoveryLine,
@@ -133,7 +133,7 @@ def test_excluded_seqs_are_skipped() -> None:
 
 
 def test_a_consumer_rolls_back_when_its_producers_only_checkpoint_is_excluded() -> None:
-    # LIBRARY BUG (policy/recovery.py, _producers(candidates)): producers are learned only
+    # Regression (policy/recovery.py, _producers(candidates)): producers are learned only
     # from the non-excluded checkpoints, so once w0's only checkpoint is excluded the
     # channel is unknown and w1 keeps consuming 3 records that w0 (restarting from its
     # initial state, produced 0) never produced again: an inconsistent cut.
@@ -266,9 +266,7 @@ def is_consistent(cut: Mapping[str, P | None], producer_of: Mapping[str, str]) -
 
 def chosen(world: World, line: RecoveryLine) -> dict[str, P | None]:
     by_seq = {w: {p.seq: p for p in h} for w, h in world.histories.items()}
-    return {
-        w: None if cut.seq is None else by_seq[w][cut.seq] for w, cut in line.cuts.items()
-    }
+    return {w: None if cut.seq is None else by_seq[w][cut.seq] for w, cut in line.cuts.items()}
 
 
 def check_line(world: World, line: RecoveryLine) -> None:

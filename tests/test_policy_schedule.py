@@ -298,7 +298,7 @@ def test_young_daly_interval_rejects_negative_cost_and_non_positive_mtbf(
 
 @pytest.mark.parametrize(("cost", "mtbf"), [(math.nan, 100.0), (1.0, math.nan)])
 def test_young_daly_interval_rejects_nan(cost: float, mtbf: float) -> None:
-    # Fails today: `cost < 0` and `mtbf <= 0` are both False for NaN, so NaN comes back.
+    # Regression (policy/schedule.py): `cost < 0` and `mtbf <= 0` are False for NaN.
     with pytest.raises(ValueError, match="MTBF"):
         young_daly_interval(cost, mtbf)
 

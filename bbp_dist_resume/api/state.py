@@ -74,8 +74,9 @@ class StateMachine:
 
     def recovery_started(self) -> None:
         with self._lock:
-            self._before_recovery = S.RUNNING if self._state in _MONITORED else self._state
+            before = S.RUNNING if self._state in _MONITORED else self._state
             self._move(S.RECOVERING)
+            self._before_recovery = before
 
     def recovery_finished(self) -> None:
         with self._lock:

@@ -62,8 +62,11 @@ class StatsRecorder:
                 self._failures.append(f"checkpoint: {failure}")
 
     def resume(self, ok: bool, seconds: float, stage: str, failure: str = "") -> None:
+        """A resume attempt; ``stage`` is the restored checkpoint's ("" for a clean start)."""
         with self._lock:
             self._resumes["ok" if ok else "failed"] += 1
+            if ok and stage:
+                self._resumes["from_checkpoint"] += 1
             self._recovery_s += seconds
             if ok and stage:
                 self._stages[stage] += 1
@@ -98,7 +101,7 @@ class StatsRecorder:
                 recent_failures=tuple(self._failures),
                 total_checkpoints_created=ok,
                 failed_checkpoints=failed,
-                checkpoints_used_for_recovery=self._resumes["ok"],
+                checkpoints_used_for_recovery=self._resumes["from_checkpoint"],
                 checkpoint_overhead_percentage=overhead,
                 average_checkpoint_time=timedelta(seconds=self._checkpoint_s / ok if ok else 0),
                 monitored_time=timedelta(seconds=monitored),

@@ -21,6 +21,9 @@ from bbp_dist_resume.config import (
 from bbp_dist_resume.errors import ConfigError, InvalidIdentifier
 from bbp_dist_resume.ids import check_id, parse_checkpoint_id
 
+# An id is at most 128 characters: prefix + "-" + 19 (time) + "-" + 20 (random).
+_MAX_PREFIX = 128 - 41
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ResumeRequest:
@@ -56,6 +59,8 @@ def generate_operation_id(prefix: str = "op") -> str:
     """A new operation id, unique across processes and machines (80 random bits) and
     sortable by creation time (UTC, millisecond resolution)."""
     check_id(prefix, "operation id prefix")
+    if len(prefix) > _MAX_PREFIX:
+        raise InvalidIdentifier("operation id prefix", prefix, f"longer than {_MAX_PREFIX}")
     now = datetime.now(UTC)
     stamp = now.strftime("%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
     return f"{prefix}-{stamp}-{secrets.token_hex(10)}"
@@ -77,7 +82,11 @@ def parse_resume_context(argv: Sequence[str]) -> ResumeRequest | None:
     parser.add_argument("--resume-mode", choices=[m.value for m in ResumeMode])
     parser.add_argument("--resume-checkpoint")
     known, _ = parser.parse_known_args(list(argv))
-    if not (known.resume_operation or known.resume_mode or known.resume_checkpoint):
+    if (
+        known.resume_operation is None
+        and known.resume_mode is None
+        and (known.resume_checkpoint is None)
+    ):
         return None
     checkpoint = known.resume_checkpoint
     op = known.resume_operation

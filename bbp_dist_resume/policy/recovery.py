@@ -126,7 +126,11 @@ def recovery_line(
         for w, h in histories.items()
     }
     cuts = _start(candidates, selection, score or default_score, excluded)
-    producers = _producers(candidates)
+    # Producers are known from every record, usable or not: a producer whose producing
+    # checkpoints are all excluded still constrains its consumers (to its initial state).
+    producers = _producers(
+        {w: [p for p in h if p.kind == "checkpoint"] for w, h in histories.items()}
+    )
     _enforce_channels(cuts, candidates, producers, set(deterministic))
     return _line(cuts, producers)
 
@@ -173,7 +177,7 @@ def _align_epochs(cuts: dict[str, _Place], candidates: Mapping[str, list[Point]]
             cuts[worker] = _Place(at[-1], f"latest epoch every worker committed ({top})")
 
 
-def _producers(candidates: Mapping[str, list[Point]]) -> dict[str, str]:
+def _producers(candidates: Mapping[str, Sequence[Point]]) -> dict[str, str]:
     out: dict[str, str] = {}
     for worker, points in sorted(candidates.items()):
         for channel in {c for p in points for c in p.produced}:

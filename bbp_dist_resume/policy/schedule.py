@@ -79,7 +79,7 @@ class SaveDecision:
 
 def young_daly_interval(cost_s: float, mtbf_s: float) -> float:
     """Young's first-order optimum checkpoint interval, ``sqrt(2 x cost x MTBF)``."""
-    if cost_s < 0 or mtbf_s <= 0:
+    if not (cost_s >= 0 and mtbf_s > 0):  # NaN fails both
         raise ValueError("need cost >= 0 and MTBF > 0")
     return math.sqrt(2.0 * cost_s * mtbf_s)
 
