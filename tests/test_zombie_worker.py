@@ -34,8 +34,8 @@ CHILD = Path(__file__).resolve().parent / "_zombie_child.py"
 WORKER = "w0"
 STARTUP_S = 30.0  # imports, store probe and the first checkpoint of a child
 REPLY_S = 15.0  # one command of a running child
-MARGIN_S = 1.0  # past the lease TTL, so that the stopped worker's lease has expired
-LOOP_COUNT = 20
+MARGIN_S = 0.5  # past the lease TTL, so that the stopped worker's lease has expired
+LOOP_COUNT = 12
 
 
 class Child:
