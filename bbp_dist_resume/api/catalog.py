@@ -40,6 +40,7 @@ class Catalog:
         self._repo = repo
         self._coord = coord
         self._cache: dict[str, Manifest] = {}
+        self._damaged: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(8, thread_name_prefix="bbp-catalog")
 
@@ -86,6 +87,15 @@ class Catalog:
         with self._lock:
             self._cache.pop(record_key(op, worker, seq), None)
 
+    def set_damaged(self, checkpoint_id: str, damaged: bool) -> None:
+        """What verification or a restore found: listed as unverified until it passes."""
+        self.forget(checkpoint_id)
+        with self._lock:
+            if damaged:
+                self._damaged.add(checkpoint_id)
+            else:
+                self._damaged.discard(checkpoint_id)
+
     def resume_points(self, operation_id: str) -> list[CheckpointMetadata]:
         """Every checkpoint of the operation, oldest first."""
         summaries = [
@@ -105,7 +115,9 @@ class Catalog:
             log.warning("resume point %s cannot be read: %s", cid, exc)
             return _from_summary(cid, op, worker, summary)
         intact = manifest.root == summary.root
-        if not intact:
+        with self._lock:
+            intact = intact and cid not in self._damaged
+        if manifest.root != summary.root:
             log.warning("resume point %s: %s", cid, ManifestError("root differs from the index"))
         return metadata_of(manifest, verified=intact)
 

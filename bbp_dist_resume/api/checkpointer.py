@@ -86,10 +86,13 @@ class Checkpointer:
         """Validate, snapshot and queue one checkpoint (see ``ResumeSystem``)."""
         started = time.monotonic()
         if args.progress is not None:
-            self.report_progress(session, args.progress)
+            check_progress(args.progress)
         request = self._request(session, args)
         spool = None if args.blocking else self._spool
         snap = take_snapshot(args.state, args.attachments, spool_dir=spool)
+        # Reported only once the input is accepted: a refused call changes nothing.
+        if args.progress is not None:
+            self.report_progress(session, args.progress)
         with self._lock:
             self.last_stage = args.stage
         self._p.machine.checkpoint_started()

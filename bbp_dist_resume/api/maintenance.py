@@ -38,16 +38,20 @@ class Maintenance:
         try:
             manifest = self._catalog.manifest(checkpoint_id)
         except (ObjectNotFound, InvalidCheckpoint) as exc:
+            self._catalog.set_damaged(checkpoint_id, True)
             return VerifyReport(
                 checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0, problems=(str(exc),)
             )
         except BBPError as exc:
             if isinstance(exc, ValueError):
                 raise  # a malformed id
+            self._catalog.set_damaged(checkpoint_id, True)
             return VerifyReport(
                 checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0, problems=(str(exc),)
             )
-        return self._repo.verify(manifest, deep=deep)
+        report = self._repo.verify(manifest, deep=deep)
+        self._catalog.set_damaged(checkpoint_id, not report.ok)
+        return report
 
     def protected(self, operation_id: str, histories: Histories) -> dict[str, set[int]]:
         """Per worker, the seqs retention and deletion must keep: the current plan's and

@@ -64,6 +64,7 @@ _FIXED_WHILE_OPEN = (
     "chunk_avg_size",
     "chunk_max_size",
     "upload_concurrency",
+    "max_pending_checkpoints",
 )
 
 
@@ -86,7 +87,9 @@ class ResumeSystem:
         self._session: WorkerSession | None = None
         self._spool: Path | None = None
         self._pending_base: dict[str, tuple[int, float]] = {}
-        self.set_detailed_logging(self._config.detailed_logging)
+        self._saved_log_level: int | None = None
+        if self._config.detailed_logging:
+            self.set_detailed_logging(True)
 
     # -- life cycle ----------------------------------------------------------------------
 
@@ -443,14 +446,26 @@ class ResumeSystem:
                     raise InvalidStateError(
                         f"cannot change {', '.join(changed)} while open: shut down first"
                     )
-            self._config = config
+            old, self._config = self._config, config
             if self._checkpointer is not None:
                 self._checkpointer.schedule.set_policy(schedule_policy(config))
-            self.set_detailed_logging(config.detailed_logging)
+            if self._repo is not None:
+                level = config.compression_level if config.enable_compression else None
+                self._repo.tune(compression_level=level, inline_threshold=config.inline_threshold)
+            if config.detailed_logging != old.detailed_logging:
+                self.set_detailed_logging(config.detailed_logging)
 
     def set_detailed_logging(self, enabled: bool) -> None:
-        """DEBUG logs from logger ``bbp_dist_resume`` (else its level is left unset)."""
-        log.setLevel(logging.DEBUG if enabled else logging.NOTSET)
+        """DEBUG logs from logger ``bbp_dist_resume``; turning it off puts back the level
+        the logger had before (the application's own setting is never lost)."""
+        with self._lock:
+            if enabled and self._saved_log_level is None:
+                self._saved_log_level = log.level
+                log.setLevel(logging.DEBUG)
+            elif not enabled and self._saved_log_level is not None:
+                if log.level == logging.DEBUG:
+                    log.setLevel(self._saved_log_level)
+                self._saved_log_level = None
 
     def set_progress_callback(self, callback: ProgressCallback | None) -> None:
         """``callback(operation_id, percent)`` at every progress report."""

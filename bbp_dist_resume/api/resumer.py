@@ -63,6 +63,7 @@ class Resumer:
             try:
                 return self._restore(choice, mode)
             except _UNRESTORABLE as exc:
+                self._rs._cat().set_damaged(choice.checkpoint_id, True)
                 self._report(choice.checkpoint_id, None, ok=False, why=str(exc))
                 return None
         finally:
@@ -116,6 +117,7 @@ class Resumer:
             try:
                 return self._restore(choice, ResumeMode.LAST_CHECKPOINT)
             except _UNRESTORABLE as exc:
+                self._rs._cat().set_damaged(choice.checkpoint_id, True)
                 self._report(choice.checkpoint_id, None, ok=False, why=str(exc))
                 _, worker, seq = parse_checkpoint_id(choice.checkpoint_id)
                 excluded.setdefault(worker, set()).add(seq)

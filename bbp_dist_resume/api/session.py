@@ -9,6 +9,7 @@ commit record means a newer owner took over: the session is lost for good.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -25,6 +26,7 @@ from bbp_dist_resume.errors import (
     CoordinationUnavailable,
     FencedError,
     LeaseLostError,
+    StoreError,
 )
 from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository
 
@@ -67,6 +69,7 @@ class WorkerSession:
         self._elapsed_before = 0.0
         self._started = time.monotonic()
         self._lost = threading.Event()
+        self._uncertain: Manifest | None = None
 
     @classmethod
     def open(
@@ -145,6 +148,7 @@ class WorkerSession:
             StoreError: an upload or the commit record failed (nothing was committed).
         """
         lease = self.check()
+        self._settle_uncertain(lease)
         meta = CheckpointMeta(
             operation_id=lease.operation_id,
             worker_id=lease.worker_id,
@@ -169,10 +173,35 @@ class WorkerSession:
         except CommitConflict:
             self._lost.set()
             raise LeaseLostError(lease.operation_id, lease.worker_id, "slot taken over") from None
-        self._next_seq += 1
+        except StoreError:
+            # The record may have landed before the error: find out now, or before the
+            # next commit, which would otherwise be refused by this very record.
+            self._uncertain = manifest
+            with contextlib.suppress(StoreError):
+                self._settle_uncertain(lease)
+            if self._next_seq <= manifest.seq:
+                raise
+            return manifest
+        self._committed(lease, manifest)
+        return manifest
+
+    def _committed(self, lease: Lease, manifest: Manifest) -> None:
+        self._next_seq = manifest.seq + 1
         self._base = None
         self._index(lease, manifest)
-        return manifest
+
+    def _settle_uncertain(self, lease: Lease) -> None:
+        manifest = self._uncertain
+        if manifest is None:
+            return
+        outcome = self._repo.settle(manifest)  # StoreError: still unknown, stay uncertain
+        self._uncertain = None
+        if outcome == "ours":
+            log.info("checkpoint %s landed despite the error", manifest.checkpoint_id)
+            self._committed(lease, manifest)
+        elif outcome == "theirs":
+            self._lost.set()
+            raise LeaseLostError(lease.operation_id, lease.worker_id, "slot taken over")
 
     def _index(self, lease: Lease, manifest: Manifest) -> None:
         summary = CheckpointSummary.of(manifest)

@@ -6,7 +6,7 @@
     RUNNING --resume--> RECOVERING --done/failed--> RUNNING
     RUNNING --stop_monitoring--> PAUSED --start_monitoring--> RUNNING
     RUNNING --complete--> COMPLETED
-    any monitored state --lease lost / strict failure--> FAILED
+    any monitored state --lease lost--> FAILED   (a strict checkpoint failure only raises)
     any state --shutdown--> IDLE
 
 A resume may also run before monitoring (IDLE -> RECOVERING -> IDLE), while paused, or

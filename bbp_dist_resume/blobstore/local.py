@@ -67,6 +67,10 @@ class LocalBlobStore:
         _fsync_dir(path.parent)
 
     def _write_temp(self, path: Path, data: bytes) -> Path:
+        # A store root that vanished is an error, never silently made again empty: the
+        # store's config, keys and commit records would be gone with it.
+        if not self._root.is_dir():
+            raise BucketNotFound(f"store directory {str(self._root)!r} does not exist")
         _makedirs(path.parent)
         tmp = path.with_name(f"{_TMP}{secrets.token_hex(8)}")
         try:

@@ -37,6 +37,10 @@ class ObjectCodec:
     def encrypted(self) -> bool:
         return self._ring is not None
 
+    def set_level(self, level: int | None) -> None:
+        """Compress objects written from now on at ``level`` (None: not at all)."""
+        self._level = level
+
     @property
     def plain(self) -> bool:
         """Objects are stored as header + plaintext (no compression, no encryption)."""

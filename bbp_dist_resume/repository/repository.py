@@ -9,6 +9,7 @@ verifying every chunk.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 from collections.abc import Iterator, Mapping
@@ -73,6 +74,11 @@ class Repository:
     @property
     def encrypted(self) -> bool:
         return self._codec.encrypted
+
+    def tune(self, *, compression_level: int | None, inline_threshold: int) -> None:
+        """Change how later checkpoints are written (objects already stored keep theirs)."""
+        self._codec.set_level(compression_level)
+        self._opt = dataclasses.replace(self._opt, inline_threshold=inline_threshold)
 
     def stats(self) -> RepositoryStats:
         """Cumulative byte and chunk counts since this repository was opened."""
@@ -200,6 +206,18 @@ class Repository:
         if not self._create_record(manifest):
             raise CommitConflict(manifest.operation_id, manifest.worker_id, manifest.seq)
         return manifest
+
+    def settle(self, manifest: CheckpointRecord) -> str:
+        """After a commit whose outcome is unknown (an error after the request was sent):
+        ``"ours"`` if it landed, ``"absent"`` if its seq is still free, ``"theirs"`` if
+        another writer holds the seq. Raises ``StoreError`` when the store cannot tell."""
+        try:
+            existing = self._codec.get_record(manifest.store_key)
+        except ObjectNotFound:
+            return "absent"
+        except IntegrityError:
+            return "theirs"
+        return "ours" if existing.write_id == manifest.write_id else "theirs"
 
     def takeover(
         self, operation_id: str, worker_id: str, *, owner_token: str, fence: int
