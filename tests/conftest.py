@@ -22,6 +22,8 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
+from bbp_dist_resume import CheckpointConfig
+
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
@@ -195,8 +197,6 @@ def backend_urls(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[str, s
 def make_config(backend_urls: tuple[str, str]) -> Callable[..., Any]:
     """``make_config(**overrides)``: a ``CheckpointConfig`` on ``backend_urls`` with short
     leases (2 s ttl, 0.5 s heartbeats) unless overridden."""
-    from bbp_dist_resume import CheckpointConfig
-
     store_url, coord_url = backend_urls
 
     def make(**overrides: Any) -> Any:

@@ -59,8 +59,8 @@ def encode_state(state: object) -> bytes:
 
     orjson is the fast path (15x faster here: it is most of a non-blocking checkpoint's
     cost). It writes NaN as ``null`` and refuses what the standard library accepts
-    (int keys, huge ints), so output with a ``null`` in it, and every refusal, is done
-    again by ``json.dumps``, which is the reference. One difference remains: orjson
+    (int keys, huge ints), so output with a ``null`` value in it, and every refusal, is
+    done again by ``json.dumps``, which is the reference. One difference remains: orjson
     stores ``uuid.UUID`` and ``enum.Enum`` values as their JSON value (a string, the
     member's value), which ``json.dumps`` would refuse; they read back as that value.
     """
@@ -68,7 +68,7 @@ def encode_state(state: object) -> bytes:
         raise InvalidCheckpoint(f"pipeline_state must be a dict, not {type(state).__name__}")
     try:
         fast = orjson.dumps(state, option=_ORJSON_STRICT)
-        if b"null" not in fast:
+        if not _may_hold_nan(fast):
             return fast
     except (TypeError, orjson.JSONEncodeError):
         pass
@@ -76,6 +76,17 @@ def encode_state(state: object) -> bytes:
         return json.dumps(state, allow_nan=False, separators=(",", ":")).encode()
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidCheckpoint(f"pipeline_state is not JSON-serialisable: {exc}") from None
+
+
+def _may_hold_nan(data: bytes) -> bool:
+    # orjson writes NaN and infinities as a null *value*: one follows ":", "," or "[".
+    # (A string holding ":null" also matches: that costs only the slower path.)
+    at = data.find(b"null")
+    while at != -1:
+        if data[at - 1 : at] in (b":", b",", b"["):
+            return True
+        at = data.find(b"null", at + 4)
+    return False
 
 
 def decode_state(data: bytes) -> dict[str, Any]:
