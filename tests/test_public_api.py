@@ -38,7 +38,40 @@ EXPECTED = {
     "create_high_frequency_config",
     "create_low_overhead_config",
     "open_repository",
+    # the worker API
+    "AutoCheckpointGuard",
+    "CheckpointFailed",
+    "CheckpointGuard",
+    "CheckpointMetadata",
+    "InteractiveUnavailable",
+    "InvalidStateError",
+    "ResumeContext",
+    "ResumeMode",
+    "ResumeState",
+    "ResumeStatistics",
+    "ResumeSystem",
+    "utils",
 }
+
+
+def test_the_issue_import_line_works() -> None:
+    from bbp_dist_resume import (  # noqa: F401
+        AutoCheckpointGuard,
+        CheckpointConfig,
+        CheckpointGranularity,
+        CheckpointGuard,
+        CheckpointMetadata,
+        CheckpointStrategy,
+        ResumeContext,
+        ResumeMode,
+        ResumeState,
+        ResumeStatistics,
+        ResumeSystem,
+        utils,
+    )
+
+    assert AutoCheckpointGuard is CheckpointGuard
+    assert callable(utils.parse_resume_context)
 
 
 def test_exported_names_are_pinned() -> None:
