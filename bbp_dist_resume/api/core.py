@@ -1,0 +1,256 @@
+"""``SystemCore``: the life cycle under ``ResumeSystem`` — opening the runtime, holding
+the worker's session (lease, heartbeat) on one operation, and the internals the
+checkpointer, the resumer and the guard share. ``ResumeSystem`` adds the public API.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any, Self
+
+from bbp_dist_resume.api.callbacks import Callbacks
+from bbp_dist_resume.api.catalog import Catalog
+from bbp_dist_resume.api.checkpointer import Checkpointer, Plumbing
+from bbp_dist_resume.api.maintenance import Maintenance
+from bbp_dist_resume.api.models import ResumeState
+from bbp_dist_resume.api.runtime import Runtime
+from bbp_dist_resume.api.session import WorkerSession
+from bbp_dist_resume.api.state import StateMachine
+from bbp_dist_resume.api.stats import StatsRecorder
+from bbp_dist_resume.config import CheckpointConfig
+from bbp_dist_resume.coordination import Coordination, OperationInfo
+from bbp_dist_resume.errors import InvalidStateError, LeaseLostError, UnknownOperation
+from bbp_dist_resume.ids import check_id
+from bbp_dist_resume.repository import Manifest, Repository
+
+log = logging.getLogger("bbp_dist_resume")
+
+
+class SystemCore:
+    """Life cycle and shared internals of one worker's ``ResumeSystem``."""
+
+    def __init__(self, config: CheckpointConfig | None = None, worker_id: str = "w0") -> None:
+        self._config = config or CheckpointConfig()
+        self.worker_id = check_id(worker_id, "worker id")
+        self._lock = threading.RLock()
+        self._machine = StateMachine()
+        self._stats = StatsRecorder()
+        self._callbacks = Callbacks()
+        self._rt: Runtime | None = None
+        self._session: WorkerSession | None = None
+        self._pending_base: dict[str, tuple[int, float]] = {}
+        self._saved_log_level: int | None = None
+        if self._config.detailed_logging:
+            self.set_detailed_logging(True)
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def initialize(self) -> bool:
+        """Open the store and the coordination backend (idempotent)."""
+        with self._lock:
+            if self._rt is None:
+                plumbing = Plumbing(
+                    machine=self._machine,
+                    stats=self._stats,
+                    callbacks=self._callbacks,
+                    config=self.get_config,
+                    maintenance=self._maint,
+                )
+                self._rt = Runtime(self._config, plumbing)
+                self._stats.reset(self._rt.repo.stats())
+            return True
+
+    def shutdown(self) -> None:
+        """Finish pending checkpoints, release the lease (if held) and close everything."""
+        with self._lock:
+            if self._session is not None:
+                self._end_session(done=False, target=ResumeState.IDLE)
+            if self._rt is not None:
+                self._rt.close()
+                self._rt = None
+            if self._machine.state is not ResumeState.IDLE:
+                self._machine.move(ResumeState.IDLE)
+
+    def __enter__(self) -> Self:
+        self.initialize()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def start_monitoring(
+        self,
+        operation_id: str,
+        pipeline_config_path: str = "",
+        workers: list[str] | None = None,
+        stages: list[str] | None = None,
+    ) -> bool:
+        """Create or join the operation, take this worker's lease (``LeaseHeldError``
+        while a live owner holds it), take the slot over in the store, start heartbeats."""
+        check_id(operation_id, "operation id")
+        self.initialize()
+        with self._lock:
+            if self._session is not None:
+                if self._session.operation.operation_id == operation_id and not self._session.lost:
+                    return True
+                raise InvalidStateError("already monitoring: call stop_monitoring() first")
+            coord, repo = self._require_open()
+            info = coord.create_operation(
+                operation_id,
+                workers=workers or [self.worker_id],
+                stages=stages or (),
+                config_path=str(pipeline_config_path),
+            )
+            self._session = WorkerSession.open(
+                repo,
+                coord,
+                info,
+                worker_id=self.worker_id,
+                ttl_ms=int(self._config.lease_ttl.total_seconds() * 1000),
+                interval_s=self._config.heartbeat_interval.total_seconds(),
+            )
+            if operation_id in self._pending_base:
+                self._session.resumed_from(*self._pending_base.pop(operation_id))
+            self._ckpt().reset_schedule(self._maint().observed_mtbf(operation_id))
+            self._stats.monitoring(True)
+            self._machine.move(ResumeState.RUNNING)
+        log.info("monitoring %s as %s", operation_id, self.worker_id)
+        return True
+
+    def stop_monitoring(self) -> None:
+        """Finish pending checkpoints and release the lease without finishing: the
+        coordinator will see this worker as crashed unless ``complete()`` is called."""
+        with self._lock:
+            if self._session is not None:
+                self._end_session(done=False, target=ResumeState.PAUSED)
+
+    def complete(self) -> bool:
+        """Mark this worker done; True when that completed the whole operation."""
+        with self._lock:
+            session = self._require_session()
+            info = self._end_session(done=True, target=ResumeState.COMPLETED, session=session)
+        return info is not None and info.status.value == "completed"
+
+    def _end_session(
+        self, *, done: bool, target: ResumeState, session: WorkerSession | None = None
+    ) -> OperationInfo | None:
+        session = session or self._session
+        assert session is not None
+        try:
+            if self._rt is not None:
+                self._rt.committer.flush()
+            info = session.close(done=done and not session.lost)
+        finally:
+            self._session = None
+            self._stats.monitoring(False)
+        if session.lost:
+            if done:
+                raise LeaseLostError(session.lease.operation_id, self.worker_id, "before complete")
+            target = ResumeState.IDLE if target is ResumeState.IDLE else ResumeState.FAILED
+        if self._machine.state is not target:
+            self._machine.move(target)
+        return info
+
+    # -- fencing -------------------------------------------------------------------------
+
+    def ensure_lease(self) -> None:
+        """Raise ``LeaseLostError`` unless the lease is still held (local checks only:
+        the monotonic deadline and the heartbeat's verdict)."""
+        self._require_session()
+
+    @property
+    def fencing_token(self) -> int:
+        """The current lease's fencing token, for external systems that reject stale ones."""
+        return self._require_session().lease.fence
+
+    @property
+    def operation_id(self) -> str | None:
+        session = self._session
+        return session.operation.operation_id if session else None
+
+    def get_config(self) -> CheckpointConfig:
+        return self._config
+
+    def set_detailed_logging(self, enabled: bool) -> None:
+        """DEBUG logs from logger ``bbp_dist_resume``; turning it off puts back the level
+        the logger had before (the application's own setting is never lost)."""
+        with self._lock:
+            if enabled and self._saved_log_level is None:
+                self._saved_log_level = log.level
+                log.setLevel(logging.DEBUG)
+            elif not enabled and self._saved_log_level is not None:
+                if log.level == logging.DEBUG:
+                    log.setLevel(self._saved_log_level)
+                self._saved_log_level = None
+
+    def _call(self, which: str, *args: Any) -> None:
+        self._callbacks.call(which, *args)
+
+    # -- internals shared with the resumer and the guard ---------------------------------
+
+    def _runtime(self) -> Runtime:
+        # No lock when open: the committer thread calls this while a caller holding the
+        # lock waits for it (shutdown flushing pending checkpoints).
+        rt = self._rt
+        if rt is None:
+            self.initialize()
+            rt = self._rt
+        assert rt is not None
+        return rt
+
+    def _require_open(self) -> tuple[Coordination, Repository]:
+        rt = self._rt
+        if rt is None:
+            raise InvalidStateError("the resume system is shut down")
+        return rt.coord, rt.repo
+
+    @property
+    def _repo(self) -> Repository | None:
+        return self._rt.repo if self._rt else None
+
+    @property
+    def _coord(self) -> Coordination | None:
+        return self._rt.coord if self._rt else None
+
+    def _require_session(self) -> WorkerSession:
+        session = self._session
+        if session is None:
+            raise InvalidStateError("not monitoring an operation: call start_monitoring() first")
+        try:
+            session.check()
+        except LeaseLostError:
+            self._machine.fail()
+            raise
+        return session
+
+    def _ckpt(self) -> Checkpointer:
+        return self._runtime().checkpointer
+
+    def _cat(self) -> Catalog:
+        return self._runtime().catalog
+
+    def _maint(self) -> Maintenance:
+        return self._runtime().maintenance
+
+    def _operation_info(self, operation_id: str) -> OperationInfo | None:
+        coord, _ = self._require_open()
+        try:
+            return coord.get_operation(operation_id)
+        except UnknownOperation:
+            return None
+
+    def _note_resumed(self, operation_id: str, manifest: Manifest | None) -> None:
+        """The worker's state now comes from ``manifest`` (None: a clean start)."""
+        base = (0, 0.0)
+        if manifest is not None:
+            own = manifest.worker_id == self.worker_id
+            base = (manifest.seq if own else 0, manifest.elapsed_seconds)
+        with self._lock:
+            session = self._session
+            if session is not None and session.operation.operation_id == operation_id:
+                session.resumed_from(*base)
+            else:
+                self._pending_base[operation_id] = base
+        if manifest is not None and self._rt is not None:
+            self._rt.checkpointer.restored(manifest.progress, manifest.stage)

@@ -1,0 +1,42 @@
+"""``Runtime``: what an initialised ``ResumeSystem`` holds open — the repository, the
+coordination backend, and the helpers built on them — opened and closed together."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from bbp_dist_resume.api.catalog import Catalog
+from bbp_dist_resume.api.checkpointer import Checkpointer, Plumbing
+from bbp_dist_resume.api.committer import Committer
+from bbp_dist_resume.api.maintenance import Maintenance
+from bbp_dist_resume.config import CheckpointConfig
+from bbp_dist_resume.coordination import Coordination, open_coordination
+from bbp_dist_resume.repository import Repository, open_repository
+
+
+class Runtime:
+    """The open resources of one ``ResumeSystem``."""
+
+    def __init__(self, config: CheckpointConfig, plumbing: Plumbing) -> None:
+        self.repo: Repository = open_repository(None, config)
+        try:
+            self.coord: Coordination = open_coordination(config.coord_url)
+        except BaseException:
+            self.repo.close()
+            raise
+        self.catalog = Catalog(self.repo, self.coord)
+        self.maintenance = Maintenance(self.repo, self.coord, self.catalog)
+        self.committer = Committer(config.max_pending_checkpoints)
+        # Non-blocking checkpoints copy file attachments here (mode 0700).
+        self.spool = Path(tempfile.mkdtemp(prefix="bbp-spool-"))
+        self.checkpointer = Checkpointer(plumbing, self.committer, self.spool)
+
+    def close(self) -> None:
+        """Finish queued checkpoints, then close everything. Idempotent."""
+        self.committer.close()
+        self.catalog.close()
+        self.repo.close()
+        self.coord.close()
+        shutil.rmtree(self.spool, ignore_errors=True)
