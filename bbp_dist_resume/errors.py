@@ -20,6 +20,7 @@
     ├── InvalidStateError                    the call does not fit the system's current state
     ├── InteractiveUnavailable               interactive resume with no terminal and no chooser
     ├── CheckpointFailed                     a checkpoint could not be taken (strict mode)
+    ├── RollbackRequested                    a new resume plan rolls this worker back
     └── CoordinationError                    the coordination backend (Redis, SQLite)
         ├── UnknownOperation (LookupError)   no operation with that id
         ├── LeaseHeldError                   a live owner holds the lease
@@ -163,6 +164,24 @@ class CheckpointFailed(BBPError):
     def __init__(self, stage_name: str, reason: str) -> None:
         self.stage_name = stage_name
         super().__init__(f"checkpoint of stage {stage_name!r} failed: {reason}")
+
+
+class RollbackRequested(BBPError):
+    """A newly published resume plan puts this worker behind its current state: restore
+    (``resume_automatically``) and go on from there.
+
+    Attributes:
+        generation: the plan's generation; checkpoint_id: the entry (None: initial state).
+    """
+
+    def __init__(self, operation_id: str, generation: int, checkpoint_id: str | None) -> None:
+        self.operation_id = operation_id
+        self.generation = generation
+        self.checkpoint_id = checkpoint_id
+        target = checkpoint_id or "its initial state"
+        super().__init__(
+            f"resume plan {generation} of {operation_id} rolls this worker back to {target}"
+        )
 
 
 class CoordinationError(BBPError):

@@ -10,7 +10,7 @@ from bbp_dist_resume.errors import ConfigError
 
 log = logging.getLogger("bbp_dist_resume")
 
-EVENTS = ("progress", "checkpoint", "recovery", "error")
+EVENTS = ("progress", "checkpoint", "recovery", "error", "rollback")
 
 
 class Callbacks:

@@ -20,7 +20,12 @@ from bbp_dist_resume.api.state import StateMachine
 from bbp_dist_resume.api.stats import StatsRecorder
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.coordination import Coordination, OperationInfo
-from bbp_dist_resume.errors import InvalidStateError, LeaseLostError, UnknownOperation
+from bbp_dist_resume.errors import (
+    InvalidStateError,
+    LeaseLostError,
+    RollbackRequested,
+    UnknownOperation,
+)
 from bbp_dist_resume.ids import check_id
 from bbp_dist_resume.repository import Manifest, Repository
 
@@ -110,6 +115,7 @@ class SystemCore:
                 ttl_ms=int(self._config.lease_ttl.total_seconds() * 1000),
                 interval_s=self._config.heartbeat_interval.total_seconds(),
             )
+            self._session.on_rollback = self._rolled_back
             if operation_id in self._pending_base:
                 self._session.resumed_from(*self._pending_base.pop(operation_id))
             self._ckpt().reset_schedule(self._maint().observed_mtbf(operation_id))
@@ -240,8 +246,14 @@ class SystemCore:
         except UnknownOperation:
             return None
 
-    def _note_resumed(self, operation_id: str, manifest: Manifest | None) -> None:
-        """The worker's state now comes from ``manifest`` (None: a clean start)."""
+    def _rolled_back(self, request: RollbackRequested) -> None:
+        self._callbacks.call("rollback", request.generation, request.checkpoint_id)
+
+    def _note_resumed(
+        self, operation_id: str, manifest: Manifest | None, generation: int | None = None
+    ) -> None:
+        """The worker's state now comes from ``manifest`` (None: a clean start), chosen
+        by plan ``generation`` when given."""
         base = (0, 0.0)
         if manifest is not None:
             own = manifest.worker_id == self.worker_id
@@ -249,7 +261,7 @@ class SystemCore:
         with self._lock:
             session = self._session
             if session is not None and session.operation.operation_id == operation_id:
-                session.resumed_from(*base)
+                session.resumed_from(*base, generation)
             else:
                 self._pending_base[operation_id] = base
         if manifest is not None and self._rt is not None:

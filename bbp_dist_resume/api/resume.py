@@ -41,6 +41,7 @@ class Choice:
 
     checkpoint_id: str | None
     reason: str
+    generation: int | None = None  # the plan's, when it came from one
 
 
 def check_restorable(repo: Repository, manifest: Manifest, *, verify: bool) -> None:
@@ -147,7 +148,7 @@ def plan_choice(body: Mapping[str, Any], generation: int, worker_id: str) -> Cho
     cid, why = entry.get("checkpoint_id"), str(entry.get("reason", ""))
     if cid is not None and not isinstance(cid, str):
         return None
-    return Choice(cid, f"resume plan generation {generation}: {why}".rstrip(": "))
+    return Choice(cid, f"resume plan generation {generation}: {why}".rstrip(": "), generation)
 
 
 def interactive_choice(points: list[CheckpointMetadata], chooser: Chooser | None) -> Choice:

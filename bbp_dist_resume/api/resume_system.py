@@ -288,6 +288,11 @@ class ResumeSystem(SystemCore):
         """``callback(checkpoint_id, success)`` after every resume attempt."""
         self._callbacks.set("recovery", callback)
 
+    def set_rollback_callback(self, callback: Callable[[int, str | None], None] | None) -> None:
+        """``callback(plan_generation, checkpoint_id)`` from the heartbeat thread when a new
+        resume plan rolls this worker back (its next call raises ``RollbackRequested``)."""
+        self._callbacks.set("rollback", callback)
+
     def set_error_callback(self, callback: ErrorCallback | None) -> None:
         """``callback(stage_name, exception)`` when a checkpoint fails."""
         self._callbacks.set("error", callback)

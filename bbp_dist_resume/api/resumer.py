@@ -111,7 +111,7 @@ class Resumer:
         choice = self._plan_choice(operation_id) or self._line(operation_id, excluded)
         for _ in range(_MAX_FALLBACKS):
             if choice.checkpoint_id is None:
-                self._rs._note_resumed(operation_id, None)
+                self._rs._note_resumed(operation_id, None, choice.generation)
                 log.info("resume %s as %s: %s", operation_id, self._rs.worker_id, choice.reason)
                 return None
             try:
@@ -168,7 +168,7 @@ class Resumer:
             reason=choice.reason,
             operation=rs._operation_info(manifest.operation_id),
         )
-        rs._note_resumed(manifest.operation_id, manifest)
+        rs._note_resumed(manifest.operation_id, manifest, choice.generation)
         self._report(choice.checkpoint_id, manifest, ok=True)
         return context
 

@@ -14,10 +14,11 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bbp_dist_resume.api.catalog import store_history
+from bbp_dist_resume.api.faults import fault
 from bbp_dist_resume.coordination import Coordination
 from bbp_dist_resume.coordination.heartbeat import Heartbeat
 from bbp_dist_resume.coordination.models import CheckpointSummary, Lease, OperationInfo
@@ -26,6 +27,7 @@ from bbp_dist_resume.errors import (
     CoordinationUnavailable,
     FencedError,
     LeaseLostError,
+    RollbackRequested,
     StoreError,
 )
 from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository
@@ -59,6 +61,7 @@ class WorkerSession:
         *,
         heartbeat: Heartbeat,
         next_seq: int,
+        state_seq: int = 0,
     ) -> None:
         self._repo = repo
         self._coord = coord
@@ -70,6 +73,12 @@ class WorkerSession:
         self._started = time.monotonic()
         self._lost = threading.Event()
         self._uncertain: Manifest | None = None
+        # The seq of this worker's checkpoint its state is at (0: none), and the plan
+        # generation it has seen: a newer plan whose entry is behind it is a rollback.
+        self._state_seq = state_seq
+        self._generation = operation.generation
+        self._rollback: RollbackRequested | None = None
+        self.on_rollback: Callable[[RollbackRequested], None] | None = None
 
     @classmethod
     def open(
@@ -91,14 +100,30 @@ class WorkerSession:
                 op, worker_id, owner_token=lease.owner_token, fence=lease.fence
             )
             coord.record(lease, CheckpointSummary.of(takeover))
+            done = [s.seq for s in coord.index(op, worker_id) if s.kind == "checkpoint"]
         except BaseException:
             _release_quietly(coord, lease)
             raise
         session: WorkerSession
+
+        def beat() -> None:  # bound late: the session is built around the heartbeat
+            session._watch_plan()
+
         heartbeat = Heartbeat(
-            coord, lease, interval=interval_s, on_lost=lambda _l: session._lost.set()
+            coord,
+            lease,
+            interval=interval_s,
+            on_lost=lambda _l: session._lost.set(),
+            on_beat=beat,
         )
-        session = cls(repo, coord, operation, heartbeat=heartbeat, next_seq=takeover.seq + 1)
+        session = cls(
+            repo,
+            coord,
+            operation,
+            heartbeat=heartbeat,
+            next_seq=takeover.seq + 1,
+            state_seq=max(done, default=0),
+        )
         heartbeat.start()
         return session
 
@@ -122,18 +147,47 @@ class WorkerSession:
         """Seconds of work behind the next checkpoint: restored ones plus this session's."""
         return self._elapsed_before + time.monotonic() - self._started
 
-    def resumed_from(self, seq: int, elapsed_s: float) -> None:
-        """The state now comes from this worker's checkpoint ``seq`` (0: a clean start)."""
+    def resumed_from(self, seq: int, elapsed_s: float, generation: int | None = None) -> None:
+        """The state now comes from this worker's checkpoint ``seq`` (0: a clean start),
+        following plan ``generation`` when given (which acknowledges its rollback)."""
         self._base = seq
+        self._state_seq = seq
         self._elapsed_before = elapsed_s
         self._started = time.monotonic()
+        if generation is not None:
+            self._generation = max(self._generation, generation)
+        self._rollback = None
 
     def check(self) -> Lease:
-        """The lease, or ``LeaseLostError`` (local checks only, no round trip)."""
+        """The lease, or ``LeaseLostError`` / ``RollbackRequested`` (local checks only,
+        no round trip)."""
         if self._lost.is_set():
             lease = self._heartbeat.lease
             raise LeaseLostError(lease.operation_id, lease.worker_id, "slot taken over")
-        return self._heartbeat.check()
+        lease = self._heartbeat.check()
+        if self._rollback is not None:
+            raise self._rollback
+        return lease
+
+    def _watch_plan(self) -> None:
+        """Heartbeat hook: one read of the operation; the plan only when it is new."""
+        op, worker = self.operation.operation_id, self.worker_id
+        if self._coord.get_operation(op).generation <= self._generation:
+            return
+        plan = self._coord.read_plan(op)
+        if plan is None or plan.generation <= self._generation:
+            return
+        self._generation = plan.generation
+        entry = plan.body.get("entries", {}).get(worker)
+        if not isinstance(entry, dict):
+            return
+        seq = entry.get("seq") or 0
+        if isinstance(seq, int) and seq < self._state_seq:
+            rollback = RollbackRequested(op, plan.generation, entry.get("checkpoint_id"))
+            self._rollback = rollback
+            log.warning("%s", rollback)
+            if self.on_rollback is not None:
+                self.on_rollback(rollback)
 
     def set_progress(self, percent: float) -> None:
         self._heartbeat.set_progress(percent)
@@ -167,7 +221,9 @@ class WorkerSession:
             base=self._base,
         )
         manifest = self._repo.write(parts, meta)
+        fault("after_chunks")
         self.check()  # a lease lost during the upload: do not even try the commit point
+        fault("before_commit_record")
         try:
             self._repo.commit(manifest)
         except CommitConflict:
@@ -186,9 +242,12 @@ class WorkerSession:
         return manifest
 
     def _committed(self, lease: Lease, manifest: Manifest) -> None:
+        fault("after_manifest")
         self._next_seq = manifest.seq + 1
+        self._state_seq = manifest.seq
         self._base = None
         self._index(lease, manifest)
+        fault("after_commit")
 
     def _settle_uncertain(self, lease: Lease) -> None:
         manifest = self._uncertain

@@ -2,7 +2,8 @@
 cannot.
 
 It renews every ``interval`` seconds (default ``ttl/3``), carrying the worker's latest
-progress (``set_progress``) with each renewal. The moment a renewal is
+progress (``set_progress``) with each renewal, and runs ``on_beat`` after each one (the
+worker API watches for new resume plans there). The moment a renewal is
 refused, or the lease's local deadline passes without a confirmed renewal (the backend
 is unreachable), ``lost`` is set and stays set: the owner must stop, because its slot
 may already belong to someone else. ``check()`` is the cheap test for every call.
@@ -32,11 +33,13 @@ class Heartbeat:
         *,
         interval: float | None = None,
         on_lost: Callable[[Lease], None] | None = None,
+        on_beat: Callable[[], None] | None = None,
     ) -> None:
         self._coord = coord
         self._lease = lease
         self._interval = interval if interval is not None else lease.ttl_ms / 3000
         self._on_lost = on_lost
+        self._on_beat = on_beat
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._progress: float | None = None
@@ -105,6 +108,11 @@ class Heartbeat:
             return True
         with self._lock:
             self._lease = renewed
+        if self._on_beat is not None:
+            try:
+                self._on_beat()
+            except Exception:  # the lease matters more than what rides along with it
+                log.exception("heartbeat hook failed")
         return True
 
     def _mark_lost(self, why: str) -> None:
