@@ -8,11 +8,13 @@ from bbp_dist_resume.api import (
     AutoCheckpointGuard,
     CheckpointGuard,
     CheckpointMetadata,
+    ClaimedSlot,
     ResumeContext,
     ResumeMode,
     ResumeState,
     ResumeStatistics,
     ResumeSystem,
+    ResumeSystemManager,
     utils,
 )
 from bbp_dist_resume.config import (
@@ -43,12 +45,14 @@ from bbp_dist_resume.errors import (
     LeaseLostError,
     ManifestError,
     ObjectNotFound,
+    RollbackRequested,
     StoreAccessDenied,
     StoreError,
     StoreUnavailable,
     StoreUnsafeError,
     UnknownOperation,
 )
+from bbp_dist_resume.policy.plan import PlanEntry, RecoveryPlan
 from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository, open_repository
 
 __version__ = "0.1.0"
@@ -64,6 +68,7 @@ __all__ = [
     "CheckpointMeta",
     "CheckpointMetadata",
     "CheckpointStrategy",
+    "ClaimedSlot",
     "CommitConflict",
     "ConfigError",
     "CoordinationError",
@@ -81,12 +86,16 @@ __all__ = [
     "Manifest",
     "ManifestError",
     "ObjectNotFound",
+    "PlanEntry",
+    "RecoveryPlan",
     "Repository",
     "ResumeContext",
     "ResumeMode",
     "ResumeState",
     "ResumeStatistics",
     "ResumeSystem",
+    "ResumeSystemManager",
+    "RollbackRequested",
     "StoreAccessDenied",
     "StoreError",
     "StoreUnavailable",

@@ -65,6 +65,10 @@ class CheckpointConfig(BaseModel):
     fixes the ADAPTIVE strategy's mean time between failures (else the rate seen in the
     store); ``best_fn(metadata) -> float`` scores BEST_CHECKPOINT resumes; ``chooser(points)``
     picks the INTERACTIVE resume point (a point, its id, or None to start clean).
+
+    Coordinator: ``scan_interval`` between crash scans; ``quarantine_after`` failed
+    restores of one checkpoint (the restoring worker died or raised before its first new
+    commit) quarantine it, and plans fall back past it.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -96,6 +100,8 @@ class CheckpointConfig(BaseModel):
     allow_unsafe_store: bool = False
 
     strict: bool = False
+    quarantine_after: int = Field(3, ge=1, le=1000)
+    scan_interval: timedelta = Field(timedelta(seconds=1), gt=timedelta(0))
     max_pending_checkpoints: int = Field(2, ge=1, le=64)
     mtbf: timedelta | None = Field(None, gt=timedelta(0))
     detailed_logging: bool = False
@@ -104,7 +110,13 @@ class CheckpointConfig(BaseModel):
     chooser: Callable[[list[Any]], Any] | None = Field(None, exclude=True)
 
     @field_validator(
-        "time_interval", "cleanup_age", "lease_ttl", "heartbeat_interval", "mtbf", mode="before"
+        "time_interval",
+        "cleanup_age",
+        "lease_ttl",
+        "heartbeat_interval",
+        "mtbf",
+        "scan_interval",
+        mode="before",
     )
     @classmethod
     def _seconds_from_text(cls, value: Any) -> Any:

@@ -3,7 +3,21 @@
 from __future__ import annotations
 
 import bbp_dist_resume
-from bbp_dist_resume import errors
+from bbp_dist_resume import (  # the import line of the worker API issue
+    AutoCheckpointGuard,
+    CheckpointConfig,
+    CheckpointGranularity,
+    CheckpointGuard,
+    CheckpointMetadata,
+    CheckpointStrategy,
+    ResumeContext,
+    ResumeMode,
+    ResumeState,
+    ResumeStatistics,
+    ResumeSystem,
+    errors,
+    utils,
+)
 
 EXPECTED = {
     "BBPError",
@@ -51,27 +65,21 @@ EXPECTED = {
     "ResumeStatistics",
     "ResumeSystem",
     "utils",
+    # the coordinator
+    "ClaimedSlot",
+    "PlanEntry",
+    "RecoveryPlan",
+    "ResumeSystemManager",
+    "RollbackRequested",
 }
 
 
 def test_the_issue_import_line_works() -> None:
-    from bbp_dist_resume import (  # noqa: F401
-        AutoCheckpointGuard,
-        CheckpointConfig,
-        CheckpointGranularity,
-        CheckpointGuard,
-        CheckpointMetadata,
-        CheckpointStrategy,
-        ResumeContext,
-        ResumeMode,
-        ResumeState,
-        ResumeStatistics,
-        ResumeSystem,
-        utils,
-    )
-
     assert AutoCheckpointGuard is CheckpointGuard
     assert callable(utils.parse_resume_context)
+    names = (CheckpointConfig, CheckpointGranularity, CheckpointMetadata, CheckpointStrategy)
+    names += (ResumeContext, ResumeMode, ResumeState, ResumeStatistics, ResumeSystem)
+    assert all(n.__name__ in EXPECTED for n in names)
 
 
 def test_exported_names_are_pinned() -> None:

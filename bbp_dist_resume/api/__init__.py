@@ -10,7 +10,9 @@ Nouns:
 """
 
 from bbp_dist_resume.api import utils
+from bbp_dist_resume.api.claims import ClaimedSlot
 from bbp_dist_resume.api.guard import AutoCheckpointGuard, CheckpointGuard
+from bbp_dist_resume.api.manager import ResumeSystemManager
 from bbp_dist_resume.api.models import (
     CheckpointMetadata,
     ResumeContext,
@@ -24,10 +26,12 @@ __all__ = [
     "AutoCheckpointGuard",
     "CheckpointGuard",
     "CheckpointMetadata",
+    "ClaimedSlot",
     "ResumeContext",
     "ResumeMode",
     "ResumeState",
     "ResumeStatistics",
     "ResumeSystem",
+    "ResumeSystemManager",
     "utils",
 ]

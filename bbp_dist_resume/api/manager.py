@@ -1,0 +1,309 @@
+"""``ResumeSystemManager``: the coordinator (BB-Pipeline ``ResumeSystemManager``).
+
+It finds crashed workers (leases that expired while their operation runs), publishes a
+resume plan of the best global consistent checkpoint, and gets each crashed slot running
+again: it pushes the slot to the reclaim queue (idle workers ``claim`` it) and runs the
+pipeline's launcher when one is registered. ``run()`` is the coordinator loop: any number
+may run, the one holding the leader lease acts, a standby takes over when it lapses.
+
+Poison checkpoints: a slot that crashes again before its first commit after restoring
+its plan entry counts one failed restore of that checkpoint; ``quarantine_after`` of
+them quarantine it (kept in the plan body, with the reason) and the next plan falls back
+past it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from typing import ClassVar
+
+from bbp_dist_resume.api.catalog import Catalog
+from bbp_dist_resume.api.claims import ClaimedSlot, claim_slot
+from bbp_dist_resume.api.globalstats import global_statistics
+from bbp_dist_resume.api.launch import Launcher, Launches, check_launcher
+from bbp_dist_resume.api.models import ResumeMode, ResumeStatistics
+from bbp_dist_resume.api.resume_system import ResumeSystem
+from bbp_dist_resume.config import CheckpointConfig
+from bbp_dist_resume.coordination import Coordination, open_coordination
+from bbp_dist_resume.coordination.rebuild import rebuild_from_store
+from bbp_dist_resume.errors import BBPError, InvalidStateError, UnknownOperation
+from bbp_dist_resume.ids import check_id
+from bbp_dist_resume.policy import ResumeSelection
+from bbp_dist_resume.policy.plan import RecoveryPlan, build_plan
+from bbp_dist_resume.repository import Repository, open_repository
+
+log = logging.getLogger(__name__)
+_ANY = "*"  # register_pipeline("*", ...): the launcher of every operation
+_RELAUNCH_TTLS = 3  # a pushed slot nobody took within 3 lease TTLs is pushed again
+
+
+class ResumeSystemManager:
+    """Coordinator of every operation in one store and coordination backend."""
+
+    _instance: ClassVar[ResumeSystemManager | None] = None
+    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, coordinator_id: str | None = None) -> None:
+        self.coordinator_id = check_id(coordinator_id or f"coord-{uuid.uuid4().hex[:12]}")
+        self._config = CheckpointConfig()
+        self._lock = threading.RLock()
+        self._repo: Repository | None = None
+        self._coord: Coordination | None = None
+        self._catalog: Catalog | None = None
+        self._systems: dict[str, ResumeSystem] = {}
+        self._launchers: dict[str, Launcher] = {}
+        self._launches = Launches()
+        # (op, worker) -> (fence when handled, monotonic time): one push per crash.
+        self._handled: dict[tuple[str, str], tuple[int, float]] = {}
+        self._stop = threading.Event()
+        self.is_leader = False
+
+    @classmethod
+    def get_instance(cls) -> ResumeSystemManager:
+        """The process-wide manager."""
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    # -- life cycle ----------------------------------------------------------------------
+
+    def initialize(self, config: CheckpointConfig | None = None) -> bool:
+        """Open the store and the coordination backend of ``config`` (idempotent)."""
+        with self._lock:
+            if self._repo is not None:
+                return True
+            self._config = config or self._config
+            repo = open_repository(None, self._config)
+            try:
+                self._coord = open_coordination(self._config.coord_url)
+            except BaseException:
+                repo.close()
+                raise
+            self._repo = repo
+            self._catalog = Catalog(repo, self._coord)
+            return True
+
+    def shutdown(self) -> None:
+        """Stop ``run``, give up leadership, close every system and connection."""
+        self._stop.set()
+        with self._lock:
+            for rs in self._systems.values():
+                rs.shutdown()
+            self._systems.clear()
+            if self._coord is not None:
+                if self.is_leader:
+                    self._coord.release_leader(self.coordinator_id)
+                self._coord.close()
+            if self._catalog is not None:
+                self._catalog.close()
+            if self._repo is not None:
+                self._repo.close()
+            self._repo = self._coord = self._catalog = None
+            self._launches.close()
+            self.is_leader = False
+
+    def get_resume_system(self, worker_id: str = "w0") -> ResumeSystem:
+        """This process's ``ResumeSystem`` for ``worker_id`` (made on first use)."""
+        check_id(worker_id, "worker id")
+        with self._lock:
+            if worker_id not in self._systems:
+                self._systems[worker_id] = ResumeSystem(self._config, worker_id)
+            return self._systems[worker_id]
+
+    def register_pipeline(self, pipeline_id: str, launcher: Launcher) -> bool:
+        """Run ``launcher`` for crashed slots of operation ``pipeline_id`` ("*": of all)."""
+        if pipeline_id != _ANY:
+            check_id(pipeline_id, "pipeline id")
+        self._launchers[pipeline_id] = check_launcher(launcher)
+        return True
+
+    def unregister_pipeline(self, pipeline_id: str) -> None:
+        self._launchers.pop(pipeline_id, None)
+
+    # -- detection and planning ----------------------------------------------------------
+
+    def detect_crashed_operations(self) -> list[str]:
+        """Operations with at least one crashed worker, sorted."""
+        return sorted({op for op, _ in self._coordination().crashed_workers()})
+
+    def plan_recovery(
+        self, operation_id: str, mode: ResumeMode = ResumeMode.LAST_CHECKPOINT
+    ) -> RecoveryPlan:
+        """The recovery plan the operation would get now (not published)."""
+        check_id(operation_id, "operation id")
+        previous = self.current_plan(operation_id)
+        return self._plan(
+            operation_id,
+            mode,
+            previous.quarantined if previous else {},
+            previous.attempts if previous else {},
+        )
+
+    def _plan(
+        self,
+        operation_id: str,
+        mode: ResumeMode,
+        quarantined: Mapping[str, str],
+        attempts: Mapping[str, int],
+    ) -> RecoveryPlan:
+        selection = (
+            ResumeSelection.BEST if mode is ResumeMode.BEST_CHECKPOINT else ResumeSelection.LAST
+        )
+        histories = self._cat().histories(operation_id)
+        for worker in self._workers(operation_id):
+            histories.setdefault(worker, [])
+        return build_plan(
+            operation_id, histories, selection=selection, quarantined=quarantined, attempts=attempts
+        )
+
+    def current_plan(self, operation_id: str) -> RecoveryPlan | None:
+        """The published plan, or None."""
+        try:
+            plan = self._coordination().read_plan(operation_id)
+        except UnknownOperation:
+            return None
+        return RecoveryPlan.from_body(operation_id, plan.generation, plan.body) if plan else None
+
+    def _workers(self, operation_id: str) -> tuple[str, ...]:
+        try:
+            return self._coordination().get_operation(operation_id).workers
+        except UnknownOperation:
+            return ()
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def attempt_automatic_recovery(self, operation_id: str) -> bool:
+        """Publish a new plan for the operation and relaunch its crashed slots; True when
+        a plan was published (there was something to recover)."""
+        check_id(operation_id, "operation id")
+        coord = self._coordination()
+        crashed = [w for op, w in coord.crashed_workers() if op == operation_id]
+        due = [w for w in crashed if self._due(coord, operation_id, w)]
+        if not due:
+            return False
+        previous = self.current_plan(operation_id)
+        quarantined, attempts = self._count_failed_restores(operation_id, due, previous)
+        plan = self._plan(operation_id, ResumeMode.LAST_CHECKPOINT, quarantined, attempts)
+        published = coord.publish_plan(operation_id, plan.to_body())
+        log.info("plan %s of %s published for crashed %s", published.generation, operation_id, due)
+        for worker in due:
+            self._relaunch(coord, operation_id, worker)
+        return True
+
+    def _due(self, coord: Coordination, op: str, worker: str) -> bool:
+        handled = self._handled.get((op, worker))
+        if handled is None:
+            return True
+        fence, when = handled
+        ttl = self._config.lease_ttl.total_seconds()
+        return coord.fence_of(op, worker) != fence or time.monotonic() - when > _RELAUNCH_TTLS * ttl
+
+    def _count_failed_restores(
+        self, op: str, crashed: list[str], previous: RecoveryPlan | None
+    ) -> tuple[dict[str, str], dict[str, int]]:
+        quarantined = dict(previous.quarantined) if previous else {}
+        attempts = dict(previous.attempts) if previous else {}
+        if previous is None:
+            return quarantined, attempts
+        histories = self._cat().histories(op)
+        for worker in crashed:
+            entry = previous.entries.get(worker)
+            entries = histories.get(worker, [])
+            restored_then_died = entries and entries[-1].kind == "takeover"
+            if entry is None or entry.checkpoint_id is None or not restored_then_died:
+                continue
+            if self._handled.get((op, worker), (None,))[0] == self._coordination().fence_of(
+                op, worker
+            ):
+                continue  # this crash was counted already
+            cid = entry.checkpoint_id
+            attempts[cid] = attempts.get(cid, 0) + 1
+            if attempts[cid] >= self._config.quarantine_after and cid not in quarantined:
+                quarantined[cid] = (
+                    f"restore failed {attempts[cid]} times (worker died before committing)"
+                )
+                log.warning("quarantined %s: %s", cid, quarantined[cid])
+        return quarantined, attempts
+
+    def _relaunch(self, coord: Coordination, op: str, worker: str) -> None:
+        self._handled[(op, worker)] = (coord.fence_of(op, worker), time.monotonic())
+        coord.reclaim_push(op, worker)
+        launcher = self._launchers.get(op) or self._launchers.get(_ANY)
+        if launcher is None:
+            return
+        try:
+            self._launches.launch(launcher, op, worker)
+        except (OSError, BBPError) as exc:
+            log.warning("launcher for %s/%s failed: %s", op, worker, exc)
+
+    def recover_from_data_loss(self) -> bool:
+        """If the backend lost its data: rebuild the index from the store and fence every
+        slot (their workers see their leases gone and stop; the scan reclaims them)."""
+        coord = self._coordination()
+        if coord.instance_ok():
+            return False
+        assert self._repo is not None
+        report = rebuild_from_store(coord, self._repo)
+        self._handled.clear()
+        log.warning("backend data loss: rebuilt %s operations from the store", report.operations)
+        return True
+
+    # -- workers that claim slots --------------------------------------------------------
+
+    def claim(self, consumer: str | None = None) -> ClaimedSlot | None:
+        """Claim a crashed slot from the reclaim queue, take its lease and resume it from
+        the plan; None when there is nothing to claim. The caller runs the worker."""
+        self._coordination()
+        return claim_slot(self._coordination(), self._config, consumer or self.coordinator_id)
+
+    # -- statistics and the loop ---------------------------------------------------------
+
+    def get_global_statistics(self) -> ResumeStatistics:
+        """Statistics over every operation in the store."""
+        return global_statistics(self._cat())
+
+    def run(self, *, stop: threading.Event | None = None, max_scans: int | None = None) -> None:
+        """The coordinator loop: hold or wait for the leader lease; as leader, repair data
+        loss, detect crashes and recover, every ``scan_interval``."""
+        stop = stop or self._stop
+        ttl_ms = int(self._config.lease_ttl.total_seconds() * 1000)
+        interval = min(self._config.scan_interval.total_seconds(), ttl_ms / 3000)
+        scans = 0
+        while not stop.is_set() and (max_scans is None or scans < max_scans):
+            scans += 1
+            try:
+                self._scan(ttl_ms)
+            except BBPError as exc:
+                log.warning("coordinator scan failed: %s", exc)
+            stop.wait(interval)
+
+    def _scan(self, ttl_ms: int) -> None:
+        coord = self._coordination()
+        self.is_leader = coord.acquire_leader(self.coordinator_id, ttl_ms=ttl_ms)
+        if not self.is_leader:
+            return
+        self.recover_from_data_loss()
+        for op in self.detect_crashed_operations():
+            self.attempt_automatic_recovery(op)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # -- internals -----------------------------------------------------------------------
+
+    def _coordination(self) -> Coordination:
+        if self._coord is None:
+            self.initialize()
+        if self._coord is None:
+            raise InvalidStateError("the manager is shut down")
+        return self._coord
+
+    def _cat(self) -> Catalog:
+        self._coordination()
+        assert self._catalog is not None
+        return self._catalog
