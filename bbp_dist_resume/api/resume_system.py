@@ -210,6 +210,17 @@ class ResumeSystem(SystemCore):
         check_id(operation_id, "operation id")
         return self._resumer().automatically(operation_id)
 
+    def open_checkpoint(self, checkpoint_id: str) -> ResumeContext:
+        """Read any checkpoint (this worker's or another's) without resuming from it: its
+        state, attachments and offsets, verified like a restore. Nothing about this
+        worker changes (consumers use it to read what a producer committed).
+
+        Raises:
+            InvalidIdentifier; ObjectNotFound: no such checkpoint; IntegrityError.
+        """
+        self._runtime()
+        return Resumer(self).peek(checkpoint_id)
+
     def _resumer(self) -> Resumer:
         self._runtime()
         return Resumer(self)

@@ -155,6 +155,20 @@ class Resumer:
 
     # -- restoring -----------------------------------------------------------------------
 
+    def peek(self, checkpoint_id: str) -> ResumeContext:
+        """A checkpoint's context, with no resume recorded anywhere."""
+        rs = self._rs
+        _, repo = rs._require_open()
+        manifest = rs._cat().manifest(checkpoint_id)
+        rsm.check_restorable(repo, manifest, verify=rs.get_config().enable_verification)
+        return rsm.build_context(
+            repo,
+            manifest,
+            mode=ResumeMode.LAST_CHECKPOINT,
+            reason="read without resuming",
+            operation=rs._operation_info(manifest.operation_id),
+        )
+
     def _restore(self, choice: rsm.Choice, mode: ResumeMode) -> ResumeContext:
         assert choice.checkpoint_id is not None
         rs = self._rs
