@@ -157,6 +157,8 @@ class ResumeSystemManager:
         histories = self._cat().histories(operation_id)
         for worker in self._workers(operation_id):
             histories.setdefault(worker, [])
+        if not histories:
+            raise UnknownOperation(operation_id)
         return build_plan(
             operation_id, histories, selection=selection, quarantined=quarantined, attempts=attempts
         )
