@@ -27,7 +27,8 @@ from pydantic import (
     model_validator,
 )
 
-from bbp_dist_resume.errors import ConfigError
+from bbp_dist_resume.errors import ConfigError, InvalidIdentifier
+from bbp_dist_resume.ids import check_id
 
 _ENV_PREFIX = "BBP_"
 # BBP_ variables that are not config fields (read by the CLI and the test fixtures).
@@ -68,7 +69,9 @@ class CheckpointConfig(BaseModel):
 
     Coordinator: ``scan_interval`` between crash scans; ``quarantine_after`` failed
     restores of one checkpoint (the restoring worker died or raised before its first new
-    commit) quarantine it, and plans fall back past it.
+    commit) quarantine it, and plans fall back past it. ``deterministic_producers``: worker
+    ids that regenerate the very same records when replayed, so the recovery line keeps
+    their consumers ahead of them instead of rolling them back.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -101,6 +104,7 @@ class CheckpointConfig(BaseModel):
 
     strict: bool = False
     quarantine_after: int = Field(3, ge=1, le=1000)
+    deterministic_producers: tuple[str, ...] = ()
     scan_interval: timedelta = Field(timedelta(seconds=1), gt=timedelta(0))
     max_pending_checkpoints: int = Field(2, ge=1, le=64)
     mtbf: timedelta | None = Field(None, gt=timedelta(0))
@@ -140,6 +144,16 @@ class CheckpointConfig(BaseModel):
     def _coord_scheme(cls, value: str) -> str:
         if _scheme(value) not in ("redis", "rediss", "redis+cluster", "sqlite"):
             raise ValueError("must start with redis://, rediss://, redis+cluster:// or sqlite:")
+        return value
+
+    @field_validator("deterministic_producers")
+    @classmethod
+    def _worker_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for worker in value:
+            try:
+                check_id(worker, "worker id")
+            except InvalidIdentifier as exc:
+                raise ValueError(str(exc)) from None
         return value
 
     @field_validator("encryption_key")
@@ -252,7 +266,7 @@ def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
         field = name[len(_ENV_PREFIX) :].lower()
         if field not in fields:
             unknown.append((name, "not a configuration field"))
-        elif field == "decryption_keys":
+        elif field in ("decryption_keys", "deterministic_producers"):
             out[field] = tuple(v for v in value.split(",") if v)
         else:
             out[field] = value

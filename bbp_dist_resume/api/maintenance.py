@@ -28,7 +28,14 @@ log = logging.getLogger(__name__)
 class Maintenance:
     """Operations on stored checkpoints that are not taking or restoring one."""
 
-    def __init__(self, repo: Repository, coord: Coordination, catalog: Catalog) -> None:
+    def __init__(
+        self,
+        repo: Repository,
+        coord: Coordination,
+        catalog: Catalog,
+        deterministic: tuple[str, ...] = (),
+    ) -> None:
+        self._deterministic = deterministic
         self._repo = repo
         self._coord = coord
         self._catalog = catalog
@@ -57,7 +64,7 @@ class Maintenance:
         """Per worker, the seqs retention and deletion must keep: the current plan's and
         recovery line's entries."""
         out: dict[str, set[int]] = {w: set() for w in histories}
-        for worker, cut in recovery_line(histories).cuts.items():
+        for worker, cut in recovery_line(histories, deterministic=self._deterministic).cuts.items():
             if cut.seq is not None:
                 out[worker].add(cut.seq)
         for worker, seq in self._plan_entries(operation_id).items():

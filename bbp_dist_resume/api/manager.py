@@ -160,7 +160,12 @@ class ResumeSystemManager:
         if not histories:
             raise UnknownOperation(operation_id)
         return build_plan(
-            operation_id, histories, selection=selection, quarantined=quarantined, attempts=attempts
+            operation_id,
+            histories,
+            selection=selection,
+            quarantined=quarantined,
+            attempts=attempts,
+            deterministic=self._config.deterministic_producers,
         )
 
     def current_plan(self, operation_id: str) -> RecoveryPlan | None:

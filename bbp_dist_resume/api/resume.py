@@ -128,11 +128,18 @@ def line_choice(
     selection: ResumeSelection,
     score: Callable[[Any], float] | None,
     excluded: Mapping[str, set[int]],
+    deterministic: tuple[str, ...] = (),
 ) -> Choice:
     """This worker's place in the recovery line computed from the index."""
     histories = catalog.histories(operation_id)
     histories.setdefault(worker_id, [])
-    line = recovery_line(histories, selection=selection, score=score, excluded=excluded)
+    line = recovery_line(
+        histories,
+        selection=selection,
+        score=score,
+        excluded=excluded,
+        deterministic=deterministic,
+    )
     cut = line.cuts[worker_id]
     if cut.seq is None:
         return Choice(None, cut.reason)

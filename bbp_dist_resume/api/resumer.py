@@ -151,6 +151,7 @@ class Resumer:
             selection=selection,
             score=score,
             excluded=excluded,
+            deterministic=self._rs.get_config().deterministic_producers,
         )
 
     # -- restoring -----------------------------------------------------------------------

@@ -27,7 +27,9 @@ class Runtime:
             self.repo.close()
             raise
         self.catalog = Catalog(self.repo, self.coord)
-        self.maintenance = Maintenance(self.repo, self.coord, self.catalog)
+        self.maintenance = Maintenance(
+            self.repo, self.coord, self.catalog, config.deterministic_producers
+        )
         self.committer = Committer(config.max_pending_checkpoints)
         # Non-blocking checkpoints copy file attachments here (mode 0700).
         self.spool = Path(tempfile.mkdtemp(prefix="bbp-spool-"))
