@@ -188,8 +188,11 @@ class ResumeSystemManager:
         """Publish a new plan for the operation and relaunch its crashed slots; True when
         a plan was published (there was something to recover)."""
         check_id(operation_id, "operation id")
+        crashed = [w for op, w in self._coordination().crashed_workers() if op == operation_id]
+        return self._recover(operation_id, crashed)
+
+    def _recover(self, operation_id: str, crashed: list[str]) -> bool:
         coord = self._coordination()
-        crashed = [w for op, w in coord.crashed_workers() if op == operation_id]
         due = [w for w in crashed if self._due(coord, operation_id, w)]
         if not due:
             return False
@@ -295,8 +298,11 @@ class ResumeSystemManager:
         if not self.is_leader:
             return
         self.recover_from_data_loss()
-        for op in self.detect_crashed_operations():
-            self.attempt_automatic_recovery(op)
+        crashed: dict[str, list[str]] = {}
+        for op, worker in coord.crashed_workers():
+            crashed.setdefault(op, []).append(worker)
+        for op, workers in sorted(crashed.items()):
+            self._recover(op, workers)
 
     def stop(self) -> None:
         self._stop.set()
