@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import ClassVar
 
 from bbp_dist_resume.api.catalog import Catalog
@@ -39,6 +39,21 @@ from bbp_dist_resume.repository import Repository, open_repository
 log = logging.getLogger(__name__)
 _ANY = "*"  # register_pipeline("*", ...): the launcher of every operation
 _RELAUNCH_TTLS = 3  # a pushed slot nobody took within 3 lease TTLs is pushed again
+
+
+@dataclass(slots=True)
+class Restores:
+    """What plans carry forward about failed restores (see the module docstring)."""
+
+    quarantined: dict[str, str]
+    attempts: dict[str, int]
+    counted: dict[str, int]  # worker -> fence of its last crash already counted
+
+    @classmethod
+    def of(cls, plan: RecoveryPlan | None) -> Restores:
+        if plan is None:
+            return cls({}, {}, {})
+        return cls(dict(plan.quarantined), dict(plan.attempts), dict(plan.counted))
 
 
 class ResumeSystemManager:
@@ -77,6 +92,7 @@ class ResumeSystemManager:
         with self._lock:
             if self._repo is not None:
                 return True
+            self._stop.clear()
             self._config = config or self._config
             repo = open_repository(None, self._config)
             try:
@@ -136,20 +152,13 @@ class ResumeSystemManager:
     ) -> RecoveryPlan:
         """The recovery plan the operation would get now (not published)."""
         check_id(operation_id, "operation id")
-        previous = self.current_plan(operation_id)
-        return self._plan(
-            operation_id,
-            mode,
-            previous.quarantined if previous else {},
-            previous.attempts if previous else {},
-        )
+        return self._plan(operation_id, mode, Restores.of(self.current_plan(operation_id)))
 
     def _plan(
         self,
         operation_id: str,
         mode: ResumeMode,
-        quarantined: Mapping[str, str],
-        attempts: Mapping[str, int],
+        restores: Restores,
     ) -> RecoveryPlan:
         selection = (
             ResumeSelection.BEST if mode is ResumeMode.BEST_CHECKPOINT else ResumeSelection.LAST
@@ -163,8 +172,9 @@ class ResumeSystemManager:
             operation_id,
             histories,
             selection=selection,
-            quarantined=quarantined,
-            attempts=attempts,
+            quarantined=restores.quarantined,
+            attempts=restores.attempts,
+            counted=restores.counted,
             deterministic=self._config.deterministic_producers,
         )
 
@@ -197,8 +207,8 @@ class ResumeSystemManager:
         if not due:
             return False
         previous = self.current_plan(operation_id)
-        quarantined, attempts = self._count_failed_restores(operation_id, due, previous)
-        plan = self._plan(operation_id, ResumeMode.LAST_CHECKPOINT, quarantined, attempts)
+        restores = self._count_failed_restores(operation_id, due, previous)
+        plan = self._plan(operation_id, ResumeMode.LAST_CHECKPOINT, restores)
         published = coord.publish_plan(operation_id, plan.to_body())
         log.info("plan %s of %s published for crashed %s", published.generation, operation_id, due)
         for worker in due:
@@ -215,11 +225,11 @@ class ResumeSystemManager:
 
     def _count_failed_restores(
         self, op: str, crashed: list[str], previous: RecoveryPlan | None
-    ) -> tuple[dict[str, str], dict[str, int]]:
-        quarantined = dict(previous.quarantined) if previous else {}
-        attempts = dict(previous.attempts) if previous else {}
+    ) -> Restores:
+        counts = Restores.of(previous)
         if previous is None:
-            return quarantined, attempts
+            return counts
+        quarantined, attempts = counts.quarantined, counts.attempts
         histories = self._cat().histories(op)
         for worker in crashed:
             entry = previous.entries.get(worker)
@@ -227,10 +237,12 @@ class ResumeSystemManager:
             restored_then_died = entries and entries[-1].kind == "takeover"
             if entry is None or entry.checkpoint_id is None or not restored_then_died:
                 continue
-            if self._handled.get((op, worker), (None,))[0] == self._coordination().fence_of(
-                op, worker
-            ):
-                continue  # this crash was counted already
+            # The crash is named by its owner's fence, kept in the plan: a standby or a
+            # restarted coordinator never counts the same dead restorer twice.
+            fence = entries[-1].fence
+            if counts.counted.get(worker) == fence:
+                continue
+            counts.counted[worker] = fence
             cid = entry.checkpoint_id
             attempts[cid] = attempts.get(cid, 0) + 1
             if attempts[cid] >= self._config.quarantine_after and cid not in quarantined:
@@ -238,7 +250,7 @@ class ResumeSystemManager:
                     f"restore failed {attempts[cid]} times (worker died before committing)"
                 )
                 log.warning("quarantined %s: %s", cid, quarantined[cid])
-        return quarantined, attempts
+        return counts
 
     def _relaunch(self, coord: Coordination, op: str, worker: str) -> None:
         self._handled[(op, worker)] = (coord.fence_of(op, worker), time.monotonic())
@@ -248,8 +260,8 @@ class ResumeSystemManager:
             return
         try:
             self._launches.launch(launcher, op, worker)
-        except (OSError, BBPError) as exc:
-            log.warning("launcher for %s/%s failed: %s", op, worker, exc)
+        except Exception:  # a user's launcher: its failure must not stop the other slots
+            log.exception("launcher for %s/%s failed", op, worker)
 
     def recover_from_data_loss(self) -> bool:
         """If the backend lost its data: rebuild the index from the store and fence every
@@ -280,17 +292,22 @@ class ResumeSystemManager:
     def run(self, *, stop: threading.Event | None = None, max_scans: int | None = None) -> None:
         """The coordinator loop: hold or wait for the leader lease; as leader, repair data
         loss, detect crashes and recover, every ``scan_interval``."""
-        stop = stop or self._stop
+        stopped = (stop or self._stop).is_set
         ttl_ms = int(self._config.lease_ttl.total_seconds() * 1000)
         interval = min(self._config.scan_interval.total_seconds(), ttl_ms / 3000)
         scans = 0
-        while not stop.is_set() and (max_scans is None or scans < max_scans):
+        # Either event ends the loop: the caller's, or shutdown()'s own.
+        while not (stopped() or self._stop.is_set()) and (max_scans is None or scans < max_scans):
             scans += 1
             try:
                 self._scan(ttl_ms)
             except BBPError as exc:
                 log.warning("coordinator scan failed: %s", exc)
-            stop.wait(interval)
+            except Exception:  # the loop outlives any one bad scan
+                log.exception("coordinator scan failed")
+            deadline = time.monotonic() + interval
+            while time.monotonic() < deadline and not (stopped() or self._stop.is_set()):
+                self._stop.wait(min(0.05, interval))
 
     def _scan(self, ttl_ms: int) -> None:
         coord = self._coordination()
@@ -311,9 +328,10 @@ class ResumeSystemManager:
 
     def _coordination(self) -> Coordination:
         if self._coord is None:
+            if self._stop.is_set():
+                raise InvalidStateError("the manager is shut down: initialize() it again")
             self.initialize()
-        if self._coord is None:
-            raise InvalidStateError("the manager is shut down")
+        assert self._coord is not None
         return self._coord
 
     def _cat(self) -> Catalog:

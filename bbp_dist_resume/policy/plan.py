@@ -34,6 +34,7 @@ class RecoveryPlan:
         entries: worker -> its entry; channels: channel -> (producer, produced offset).
         quarantined: checkpoint id -> why it is never planned from again.
         attempts: checkpoint id -> failed restores counted so far (poison detection).
+        counted: worker -> the fence of its last crash already counted in ``attempts``.
         generation: set once published (0 before).
     """
 
@@ -43,6 +44,7 @@ class RecoveryPlan:
     channels: Mapping[str, tuple[str, int]] = field(default_factory=dict)
     quarantined: Mapping[str, str] = field(default_factory=dict)
     attempts: Mapping[str, int] = field(default_factory=dict)
+    counted: Mapping[str, int] = field(default_factory=dict)
     generation: int = 0
 
     def to_body(self) -> dict[str, Any]:
@@ -62,33 +64,64 @@ class RecoveryPlan:
             "channels": {c: list(p) for c, p in sorted(self.channels.items())},
             "quarantined": dict(sorted(self.quarantined.items())),
             "attempts": dict(sorted(self.attempts.items())),
+            "counted": dict(sorted(self.counted.items())),
         }
 
     @classmethod
     def from_body(cls, operation_id: str, generation: int, body: Mapping[str, Any]) -> RecoveryPlan:
-        """Parse a published body. Raises ``InvalidCheckpoint`` for a malformed one."""
+        """Parse a published body, strictly. Raises ``InvalidCheckpoint`` for a malformed
+        one (wrong version, missing or mistyped fields)."""
         try:
-            entries = {
-                str(w): PlanEntry(
-                    checkpoint_id=e["checkpoint_id"],
-                    seq=e["seq"],
-                    reason=str(e["reason"]),
-                    replay_from={str(c): int(o) for c, o in e.get("replay_from", {}).items()},
-                )
-                for w, e in body["entries"].items()
-            }
-            channels = {str(c): (str(p[0]), int(p[1])) for c, p in body.get("channels", {}).items()}
+            if body.get("version") != PLAN_VERSION:
+                raise ValueError(f"unsupported plan version {body.get('version')!r}")
             return cls(
                 operation_id=operation_id,
-                mode=str(body.get("mode", "last")),
-                entries=entries,
-                channels=channels,
-                quarantined={str(k): str(v) for k, v in body.get("quarantined", {}).items()},
-                attempts={str(k): int(v) for k, v in body.get("attempts", {}).items()},
+                mode=_typed(body.get("mode", "last"), str),
+                entries={w: _entry(e) for w, e in _mapping(body["entries"]).items()},
+                channels={c: _pair(p) for c, p in _mapping(body.get("channels", {})).items()},
+                quarantined=_str_map(body.get("quarantined", {}), str),
+                attempts=_str_map(body.get("attempts", {}), int),
+                counted=_str_map(body.get("counted", {}), int),
                 generation=generation,
             )
-        except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
-            raise InvalidCheckpoint(f"malformed resume plan of {operation_id}: {exc!r}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise InvalidCheckpoint(f"malformed resume plan of {operation_id}: {exc}") from None
+
+
+def _typed(value: Any, kind: type[Any]) -> Any:
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"expected {kind.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    _typed(value, dict)
+    for key in value:
+        _typed(key, str)
+    return value  # type: ignore[no-any-return]
+
+
+def _str_map(value: Any, kind: type[Any]) -> dict[str, Any]:
+    return {k: _typed(v, kind) for k, v in _mapping(value).items()}
+
+
+def _entry(value: Any) -> PlanEntry:
+    e = _mapping(value)
+    cid, seq = e["checkpoint_id"], e["seq"]
+    if (cid is None) != (seq is None):
+        raise ValueError("checkpoint_id and seq must both be set or both be null")
+    return PlanEntry(
+        checkpoint_id=None if cid is None else _typed(cid, str),
+        seq=None if seq is None else _typed(seq, int),
+        reason=_typed(e["reason"], str),
+        replay_from=_str_map(e.get("replay_from", {}), int),
+    )
+
+
+def _pair(value: Any) -> tuple[str, int]:
+    if not isinstance(value, list) or len(value) != 2:
+        raise TypeError("a channel is [producer, offset]")
+    return _typed(value[0], str), _typed(value[1], int)
 
 
 def build_plan(
@@ -99,6 +132,7 @@ def build_plan(
     score: Score | None = None,
     quarantined: Mapping[str, str] | None = None,
     attempts: Mapping[str, int] | None = None,
+    counted: Mapping[str, int] | None = None,
     deterministic: Collection[str] = (),
 ) -> RecoveryPlan:
     """The plan of the maximal consistent cut, quarantined checkpoints excluded."""
@@ -127,6 +161,7 @@ def build_plan(
         channels={c: (p, line.produced[c]) for c, p in line.producers.items()},
         quarantined=quarantined,
         attempts=dict(attempts or {}),
+        counted=dict(counted or {}),
     )
 
 
