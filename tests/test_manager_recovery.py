@@ -166,7 +166,7 @@ def test_a_restorer_that_committed_before_dying_does_not_count_against_its_check
 def test_a_failed_restore_is_counted_once_even_by_a_second_coordinator(
     make_config: MakeConfig, managers: Managers, systems: Systems, adopt: Adopt
 ) -> None:
-    # Regression (fixed): api/manager.py _count_failed_restores (lines 230-233) skips a crash already
+    # Fixed: api/manager.py _count_failed_restores (lines 230-233) skips a crash already
     # counted only by this process's ``_handled`` fences; a second coordinator (a standby
     # that became leader, a restarted one) finds the same dead restorer (its takeover is
     # still the slot's last record) and counts it again, so with quarantine_after=2 one
@@ -338,7 +338,7 @@ def test_one_coordinator_leads_and_a_standby_takes_over_and_recovers(
 def test_shutdown_stops_a_run_loop_that_was_given_its_own_stop_event(
     make_config: MakeConfig, managers: Managers, loops: Callable[..., Loop]
 ) -> None:
-    # Regression (fixed): api/manager.py run() (line 283, ``stop = stop or self._stop``) watches only the
+    # Fixed: api/manager.py run() (line 283, ``stop = stop or self._stop``) watches only the
     # event it was given, and shutdown() (line 93) sets only ``self._stop``: the loop goes
     # on, and its next scan's ``_coordination()`` (line 313) silently initialize()s the
     # manager again (store and backend reopened) and takes the leader lease back, although
@@ -355,7 +355,7 @@ def test_shutdown_stops_a_run_loop_that_was_given_its_own_stop_event(
 def test_a_manager_initialized_again_after_shutdown_can_run_again(
     make_config: MakeConfig, managers: Managers
 ) -> None:
-    # Regression (fixed): api/manager.py shutdown() sets ``self._stop`` (line 93) and nothing clears it
+    # Fixed: api/manager.py shutdown() sets ``self._stop`` (line 93) and nothing clears it
     # (initialize() does not): once shut down, a manager initialized again returns from
     # run() at once, without a single scan (line 287 sees the event set).
     cfg = fast(make_config)
@@ -371,7 +371,7 @@ def test_a_manager_initialized_again_after_shutdown_can_run_again(
 def test_a_launcher_that_raises_neither_stops_the_loop_nor_the_other_slots(
     make_config: MakeConfig, managers: Managers, systems: Systems, coord: Coordination
 ) -> None:
-    # Regression (fixed): api/manager.py _relaunch (line 251) catches only OSError and BBPError from a
+    # Fixed: api/manager.py _relaunch (line 251) catches only OSError and BBPError from a
     # launcher, and run() (line 291) only BBPError: a callable launcher raising anything
     # else (RuntimeError here) aborts the recovery of the operation's other crashed
     # slots (never pushed) and escapes run(), ending the coordinator loop.

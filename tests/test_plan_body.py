@@ -112,16 +112,16 @@ MALFORMED = {
     "channel-offset-not-a-number": body_with(channels={"ch": ["w0", "x"]}),
     "quarantined-a-list": body_with(quarantined=[f"{OP}/w0/2"]),
     "attempts-not-a-number": body_with(attempts={f"{OP}/w0/2": "twice"}),
-    # Regression (fixed): policy/plan.py RecoveryPlan.from_body (lines 73-74) copies ``seq`` and
+    # Fixed: policy/plan.py RecoveryPlan.from_body (lines 73-74) copies ``seq`` and
     # ``checkpoint_id`` unchecked, so a string seq or a numeric checkpoint id is
     # accepted into a PlanEntry typed ``seq: int | None`` / ``checkpoint_id: str | None``
     # (readers such as session._watch_plan have to re-check the types themselves).
     "seq-a-string": entry_with(seq="2"),
     "checkpoint-id-a-number": entry_with(checkpoint_id=2),
-    # Regression (fixed): policy/plan.py from_body (line 80) takes any sequence as a channel's
+    # Fixed: policy/plan.py from_body (line 80) takes any sequence as a channel's
     # (producer, offset) pair: the string "w0" is read as producer "w", offset 0.
     "channel-pair-a-string": body_with(channels={"ch": "w0"}),
-    # Regression (fixed): policy/plan.py from_body never reads ``version`` (to_body writes PLAN_VERSION):
+    # Fixed: policy/plan.py from_body never reads ``version`` (to_body writes PLAN_VERSION):
     # a body of a format this code does not know is parsed as if it were version 1.
     "unknown-version": body_with(version=2),
 }
