@@ -261,7 +261,8 @@ class SystemCore:
         with self._lock:
             session = self._session
             if session is not None and session.operation.operation_id == operation_id:
-                session.resumed_from(*base, generation)
+                consumed = manifest.consumed if manifest is not None else None
+                session.resumed_from(*base, generation, consumed)
             else:
                 self._pending_base[operation_id] = base
         if manifest is not None and self._rt is not None:

@@ -18,6 +18,7 @@ import logging
 import threading
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,6 +28,7 @@ from bbp_dist_resume.api.globalstats import global_statistics
 from bbp_dist_resume.api.launch import Launcher, Launches, check_launcher
 from bbp_dist_resume.api.models import ResumeMode, ResumeStatistics
 from bbp_dist_resume.api.resume_system import ResumeSystem
+from bbp_dist_resume.api.session import repair_index
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.coordination import Coordination, open_coordination
 from bbp_dist_resume.coordination.rebuild import rebuild_from_store
@@ -75,6 +77,7 @@ class ResumeSystemManager:
         # (op, worker) -> (fence when handled, monotonic time): one push per crash.
         self._handled: dict[tuple[str, str], tuple[int, float]] = {}
         self._stop = threading.Event()
+        self._checked_store = False
         self.is_leader = False
 
     @classmethod
@@ -159,6 +162,7 @@ class ResumeSystemManager:
         operation_id: str,
         mode: ResumeMode,
         restores: Restores,
+        relaunched: Collection[str] = (),
     ) -> RecoveryPlan:
         selection = (
             ResumeSelection.BEST if mode is ResumeMode.BEST_CHECKPOINT else ResumeSelection.LAST
@@ -175,6 +179,7 @@ class ResumeSystemManager:
             quarantined=restores.quarantined,
             attempts=restores.attempts,
             counted=restores.counted,
+            relaunched=relaunched,
             deterministic=self._config.deterministic_producers,
         )
 
@@ -206,9 +211,14 @@ class ResumeSystemManager:
         due = [w for w in crashed if self._due(coord, operation_id, w)]
         if not due:
             return False
+        assert self._repo is not None
+        for worker in due:
+            # A worker that died between its commit record and the index step (DESIGN.md
+            # step 5) has a checkpoint only the store knows: plan from it too.
+            repair_index(self._repo, coord, operation_id, worker)
         previous = self.current_plan(operation_id)
         restores = self._count_failed_restores(operation_id, due, previous)
-        plan = self._plan(operation_id, ResumeMode.LAST_CHECKPOINT, restores)
+        plan = self._plan(operation_id, ResumeMode.LAST_CHECKPOINT, restores, relaunched=due)
         published = coord.publish_plan(operation_id, plan.to_body())
         log.info("plan %s of %s published for crashed %s", published.generation, operation_id, due)
         for worker in due:
@@ -267,13 +277,24 @@ class ResumeSystemManager:
         """If the backend lost its data: rebuild the index from the store and fence every
         slot (their workers see their leases gone and stop; the scan reclaims them)."""
         coord = self._coordination()
-        if coord.instance_ok():
+        if coord.instance_ok() and not self._lost_before_start():
             return False
         assert self._repo is not None
         report = rebuild_from_store(coord, self._repo)
         self._handled.clear()
         log.warning("backend data loss: rebuilt %s operations from the store", report.operations)
         return True
+
+    def _lost_before_start(self) -> bool:
+        """Once per manager: a backend that knows none of the operations the store has
+        lost its data before this coordinator first connected (no marker to miss)."""
+        if self._checked_store:
+            return False
+        self._checked_store = True
+        assert self._repo is not None
+        stored = set(self._repo.slots())
+        known = {o.operation_id for o in self._coordination().list_operations()}
+        return bool(stored) and not stored & known
 
     # -- workers that claim slots --------------------------------------------------------
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from bbp_dist_resume.api.catalog import store_history
 from bbp_dist_resume.api.faults import fault
@@ -78,6 +79,7 @@ class WorkerSession:
         self._state_seq = state_seq
         self._generation = operation.generation
         self._rollback: RollbackRequested | None = None
+        self._consumed: dict[str, int] = {}  # channel offsets of the state it is at
         self.on_rollback: Callable[[RollbackRequested], None] | None = None
 
     @classmethod
@@ -96,11 +98,12 @@ class WorkerSession:
         lease = coord.acquire(op, worker_id, ttl_ms=ttl_ms)
         try:
             repair_index(repo, coord, op, worker_id)
+            lease = _fence_above_store(coord, lease, ttl_ms)
             takeover = repo.takeover(
                 op, worker_id, owner_token=lease.owner_token, fence=lease.fence
             )
             coord.record(lease, CheckpointSummary.of(takeover))
-            done = [s.seq for s in coord.index(op, worker_id) if s.kind == "checkpoint"]
+            done = [s for s in coord.index(op, worker_id) if s.kind == "checkpoint"]
         except BaseException:
             _release_quietly(coord, lease)
             raise
@@ -122,8 +125,9 @@ class WorkerSession:
             operation,
             heartbeat=heartbeat,
             next_seq=takeover.seq + 1,
-            state_seq=max(done, default=0),
+            state_seq=done[-1].seq if done else 0,
         )
+        session._consumed = dict(done[-1].consumed) if done else {}
         heartbeat.start()
         return session
 
@@ -147,11 +151,18 @@ class WorkerSession:
         """Seconds of work behind the next checkpoint: restored ones plus this session's."""
         return self._elapsed_before + time.monotonic() - self._started
 
-    def resumed_from(self, seq: int, elapsed_s: float, generation: int | None = None) -> None:
+    def resumed_from(
+        self,
+        seq: int,
+        elapsed_s: float,
+        generation: int | None = None,
+        consumed: Mapping[str, int] | None = None,
+    ) -> None:
         """The state now comes from this worker's checkpoint ``seq`` (0: a clean start),
         following plan ``generation`` when given (which acknowledges its rollback)."""
         self._base = seq
         self._state_seq = seq
+        self._consumed = dict(consumed or {})
         self._elapsed_before = elapsed_s
         self._started = time.monotonic()
         if generation is not None:
@@ -169,6 +180,38 @@ class WorkerSession:
             raise self._rollback
         return lease
 
+    def _behind(self, body: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
+        """Whether a plan that puts this worker at an earlier seq than its state must roll
+        it back. A plan names every worker, and a survivor that committed after it was
+        built is merely ahead of it, which is consistent, unless the planner moved it
+        back, or it holds records of a restarted producer that no commit of that
+        producer's new incarnation covers (they will be produced again, maybe
+        differently). Committed records are never replaced, so reading them is safe."""
+        if entry.get("rollback") is True:
+            return True
+        entries, relaunched = body.get("entries", {}), set(body.get("relaunched", []))
+        for channel, pair in body.get("channels", {}).items():
+            if not (isinstance(pair, list) and len(pair) == 2):
+                continue
+            producer, offset = pair
+            restarted = producer in relaunched or entries.get(producer, {}).get("rollback")
+            held = self._consumed.get(channel, 0)
+            if restarted and held > offset:
+                since = entries.get(producer, {}).get("seq") or 0
+                if held > self._recommitted(producer, channel, since, offset):
+                    return True
+        return False
+
+    def _recommitted(self, producer: str, channel: str, since: int, offset: int) -> int:
+        """How far the producer's new incarnation (its commits from the one that resumed
+        from ``since`` on) has committed ``channel``; ``offset`` when it has not yet."""
+        history = self._coord.index(self.operation.operation_id, producer)
+        newer = [s for s in history if s.kind == "checkpoint" and s.seq > since]
+        start = next((i for i, s in enumerate(newer) if s.base == since), None)
+        if start is None:
+            return int(offset)
+        return max(int(offset), *(s.produced.get(channel, 0) for s in newer[start:]))
+
     def _watch_plan(self) -> None:
         """Heartbeat hook: one read of the operation; the plan only when it is new."""
         op, worker = self.operation.operation_id, self.worker_id
@@ -182,7 +225,7 @@ class WorkerSession:
         if not isinstance(entry, dict):
             return
         seq = entry.get("seq") or 0
-        if isinstance(seq, int) and seq < self._state_seq:
+        if isinstance(seq, int) and seq < self._state_seq and self._behind(plan.body, entry):
             rollback = RollbackRequested(op, plan.generation, entry.get("checkpoint_id"))
             self._rollback = rollback
             log.warning("%s", rollback)
@@ -245,6 +288,7 @@ class WorkerSession:
         fault("after_manifest")
         self._next_seq = manifest.seq + 1
         self._state_seq = manifest.seq
+        self._consumed = dict(manifest.consumed)
         self._base = None
         self._index(lease, manifest)
         fault("after_commit")
@@ -297,6 +341,22 @@ def repair_index(repo: Repository, coord: Coordination, op: str, worker: str) ->
     indexed = frozenset(s.seq for s in coord.index(op, worker))
     summaries = store_history(repo, op, worker, skip=indexed)
     return coord.repair(op, worker, summaries) if summaries else 0
+
+
+def _fence_above_store(coord: Coordination, lease: Lease, ttl_ms: int) -> Lease:
+    """A lease whose fence is above every fence in the slot's history. Only a backend that
+    lost its data (its counter restarted) hands out a lower one: then the counter is
+    raised past the store's fences and the lease taken again."""
+    op, worker = lease.operation_id, lease.worker_id
+    top = max((s.fence for s in coord.index(op, worker)), default=0)
+    if lease.fence > top:
+        return lease
+    log.warning(
+        "%s/%s: fence %s not above the store's %s: fencing again", op, worker, lease.fence, top
+    )
+    coord.release(lease)
+    coord.restart_fences(op, worker, top)
+    return coord.acquire(op, worker, ttl_ms=ttl_ms)
 
 
 def _release_quietly(coord: Coordination, lease: Lease) -> None:

@@ -11,7 +11,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bbp_dist_resume.errors import InvalidCheckpoint
-from bbp_dist_resume.policy.recovery import History, ResumeSelection, Score, recovery_line
+from bbp_dist_resume.policy.recovery import (
+    History,
+    ResumeSelection,
+    Score,
+    live_history,
+    recovery_line,
+)
 
 PLAN_VERSION = 1
 
@@ -24,6 +30,9 @@ class PlanEntry:
     seq: int | None
     reason: str
     replay_from: Mapping[str, int] = field(default_factory=dict)
+    # True when consistency put the worker behind its latest live checkpoint: only then
+    # must a running worker roll back (one merely restarting from its latest need not).
+    rollback: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -35,6 +44,8 @@ class RecoveryPlan:
         quarantined: checkpoint id -> why it is never planned from again.
         attempts: checkpoint id -> failed restores counted so far (poison detection).
         counted: worker -> the fence of its last crash already counted in ``attempts``.
+        relaunched: the crashed workers this plan restarts (their output since their
+            entry is replayed, so a consumer that read past it must roll back).
         generation: set once published (0 before).
     """
 
@@ -45,6 +56,7 @@ class RecoveryPlan:
     quarantined: Mapping[str, str] = field(default_factory=dict)
     attempts: Mapping[str, int] = field(default_factory=dict)
     counted: Mapping[str, int] = field(default_factory=dict)
+    relaunched: tuple[str, ...] = ()
     generation: int = 0
 
     def to_body(self) -> dict[str, Any]:
@@ -58,6 +70,7 @@ class RecoveryPlan:
                     "seq": e.seq,
                     "reason": e.reason,
                     "replay_from": dict(e.replay_from),
+                    "rollback": e.rollback,
                 }
                 for w, e in sorted(self.entries.items())
             },
@@ -65,6 +78,7 @@ class RecoveryPlan:
             "quarantined": dict(sorted(self.quarantined.items())),
             "attempts": dict(sorted(self.attempts.items())),
             "counted": dict(sorted(self.counted.items())),
+            "relaunched": sorted(self.relaunched),
         }
 
     @classmethod
@@ -82,6 +96,7 @@ class RecoveryPlan:
                 quarantined=_str_map(body.get("quarantined", {}), str),
                 attempts=_str_map(body.get("attempts", {}), int),
                 counted=_str_map(body.get("counted", {}), int),
+                relaunched=tuple(_typed(w, str) for w in _typed(body.get("relaunched", []), list)),
                 generation=generation,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -115,6 +130,7 @@ def _entry(value: Any) -> PlanEntry:
         seq=None if seq is None else _typed(seq, int),
         reason=_typed(e["reason"], str),
         replay_from=_str_map(e.get("replay_from", {}), int),
+        rollback=_typed(e.get("rollback", False), bool),
     )
 
 
@@ -133,6 +149,7 @@ def build_plan(
     quarantined: Mapping[str, str] | None = None,
     attempts: Mapping[str, int] | None = None,
     counted: Mapping[str, int] | None = None,
+    relaunched: Collection[str] = (),
     deterministic: Collection[str] = (),
 ) -> RecoveryPlan:
     """The plan of the maximal consistent cut, quarantined checkpoints excluded."""
@@ -148,11 +165,14 @@ def build_plan(
     entries = {}
     for worker, cut in line.cuts.items():
         cid = None if cut.seq is None else f"{operation_id}/{worker}/{cut.seq}"
+        live = live_history(histories.get(worker, []))
+        latest = live[-1].seq if live else 0
         entries[worker] = PlanEntry(
             checkpoint_id=cid,
             seq=cut.seq,
             reason=cut.reason,
             replay_from=line.replay_from.get(worker, {}),
+            rollback=(cut.seq or 0) < latest,
         )
     return RecoveryPlan(
         operation_id=operation_id,
@@ -162,6 +182,7 @@ def build_plan(
         quarantined=quarantined,
         attempts=dict(attempts or {}),
         counted=dict(counted or {}),
+        relaunched=tuple(sorted(relaunched)),
     )
 
 
