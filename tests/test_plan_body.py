@@ -147,8 +147,9 @@ def test_build_plan_never_plans_from_a_quarantined_checkpoint() -> None:
     history = [P(1, kind="takeover"), P(2), P(3), P(4)]
     poison = {f"{OP}/w0/4": "restore failed 3 times"}
     plan = build_plan(OP, {"w0": history}, quarantined=poison, attempts={f"{OP}/w0/4": 3})
+    # Behind the worker's latest live checkpoint (the quarantined one): a rollback.
     assert plan.entries["w0"] == PlanEntry(
-        checkpoint_id=f"{OP}/w0/3", seq=3, reason="latest checkpoint"
+        checkpoint_id=f"{OP}/w0/3", seq=3, reason="latest checkpoint", rollback=True
     )
     assert plan.quarantined == poison and plan.attempts == {f"{OP}/w0/4": 3}
     both = build_plan(OP, {"w0": history}, quarantined=poison | {f"{OP}/w0/3": "bad"})
