@@ -22,7 +22,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import ClassVar
 
-from bbp_dist_resume.api.catalog import Catalog
+from bbp_dist_resume.api.catalog import Catalog, Histories
 from bbp_dist_resume.api.claims import ClaimedSlot, claim_slot
 from bbp_dist_resume.api.globalstats import global_statistics
 from bbp_dist_resume.api.launch import Launcher, Launches, check_launcher
@@ -163,11 +163,12 @@ class ResumeSystemManager:
         mode: ResumeMode,
         restores: Restores,
         relaunched: Collection[str] = (),
+        histories: Histories | None = None,
     ) -> RecoveryPlan:
         selection = (
             ResumeSelection.BEST if mode is ResumeMode.BEST_CHECKPOINT else ResumeSelection.LAST
         )
-        histories = self._cat().histories(operation_id)
+        histories = histories if histories is not None else self._cat().histories(operation_id)
         for worker in self._workers(operation_id):
             histories.setdefault(worker, [])
         if not histories:
@@ -217,8 +218,11 @@ class ResumeSystemManager:
             # step 5) has a checkpoint only the store knows: plan from it too.
             repair_index(self._repo, coord, operation_id, worker)
         previous = self.current_plan(operation_id)
-        restores = self._count_failed_restores(operation_id, due, previous)
-        plan = self._plan(operation_id, ResumeMode.LAST_CHECKPOINT, restores, relaunched=due)
+        histories = self._cat().histories(operation_id)  # read once for both uses
+        restores = self._count_failed_restores(due, previous, histories)
+        plan = self._plan(
+            operation_id, ResumeMode.LAST_CHECKPOINT, restores, relaunched=due, histories=histories
+        )
         published = coord.publish_plan(operation_id, plan.to_body())
         log.info("plan %s of %s published for crashed %s", published.generation, operation_id, due)
         for worker in due:
@@ -234,13 +238,12 @@ class ResumeSystemManager:
         return coord.fence_of(op, worker) != fence or time.monotonic() - when > _RELAUNCH_TTLS * ttl
 
     def _count_failed_restores(
-        self, op: str, crashed: list[str], previous: RecoveryPlan | None
+        self, crashed: list[str], previous: RecoveryPlan | None, histories: Histories
     ) -> Restores:
         counts = Restores.of(previous)
         if previous is None:
             return counts
         quarantined, attempts = counts.quarantined, counts.attempts
-        histories = self._cat().histories(op)
         for worker in crashed:
             entry = previous.entries.get(worker)
             entries = histories.get(worker, [])

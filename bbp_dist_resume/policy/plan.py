@@ -15,7 +15,6 @@ from bbp_dist_resume.policy.recovery import (
     History,
     ResumeSelection,
     Score,
-    live_history,
     recovery_line,
 )
 
@@ -165,8 +164,7 @@ def build_plan(
     entries = {}
     for worker, cut in line.cuts.items():
         cid = None if cut.seq is None else f"{operation_id}/{worker}/{cut.seq}"
-        live = live_history(histories.get(worker, []))
-        latest = live[-1].seq if live else 0
+        latest = line.latest.get(worker) or 0
         entries[worker] = PlanEntry(
             checkpoint_id=cid,
             seq=cut.seq,

@@ -74,6 +74,7 @@ class RecoveryLine:
     """
 
     cuts: dict[str, Cut]
+    latest: dict[str, int | None] = field(default_factory=dict)  # latest live seq
     producers: dict[str, str] = field(default_factory=dict)
     produced: dict[str, int] = field(default_factory=dict)
     replay_from: dict[str, dict[str, int]] = field(default_factory=dict)
@@ -121,10 +122,8 @@ def recovery_line(
         InvalidCheckpoint: two workers claim to produce the same channel.
     """
     excluded = excluded or {}
-    candidates = {
-        w: [p for p in live_history(h) if p.seq not in excluded.get(w, ())]
-        for w, h in histories.items()
-    }
+    live = {w: live_history(h) for w, h in histories.items()}
+    candidates = {w: [p for p in ps if p.seq not in excluded.get(w, ())] for w, ps in live.items()}
     cuts = _start(candidates, selection, score or default_score, excluded)
     # Producers are known from every record, usable or not: a producer whose producing
     # checkpoints are all excluded still constrains its consumers (to its initial state).
@@ -132,7 +131,9 @@ def recovery_line(
         {w: [p for p in h if p.kind == "checkpoint"] for w, h in histories.items()}
     )
     _enforce_channels(cuts, candidates, producers, set(deterministic))
-    return _line(cuts, producers)
+    line = _line(cuts, producers)
+    line.latest.update({w: ps[-1].seq if ps else None for w, ps in live.items()})
+    return line
 
 
 @dataclass(slots=True)
