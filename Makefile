@@ -33,6 +33,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_repository.py
 	$(BIN)/python benchmarks/bench_coordination.py
 	$(BIN)/python benchmarks/bench_worker_api.py
+	$(BIN)/python benchmarks/bench_coordinator.py
 
 services-up: venv
 	$(BIN)/python infra/dev/services.py start --dir .services
