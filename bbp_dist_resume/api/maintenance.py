@@ -15,8 +15,13 @@ from datetime import UTC, datetime
 
 from bbp_dist_resume.api.catalog import Catalog, Histories
 from bbp_dist_resume.config import CheckpointConfig
-from bbp_dist_resume.coordination import Coordination
-from bbp_dist_resume.errors import BBPError, InvalidCheckpoint, ObjectNotFound, UnknownOperation
+from bbp_dist_resume.coordination import CheckpointSummary, Coordination
+from bbp_dist_resume.errors import (
+    BBPError,
+    InvalidCheckpoint,
+    InvalidIdentifier,
+    UnknownOperation,
+)
 from bbp_dist_resume.ids import parse_checkpoint_id
 from bbp_dist_resume.policy import RetentionRule, recovery_line, select_expired
 from bbp_dist_resume.policy.retention import RetentionEntry
@@ -44,14 +49,9 @@ class Maintenance:
         """Verify one checkpoint; a missing or unreadable record is a failed report."""
         try:
             manifest = self._catalog.manifest(checkpoint_id)
-        except (ObjectNotFound, InvalidCheckpoint) as exc:
-            self._catalog.set_damaged(checkpoint_id, True)
-            return VerifyReport(
-                checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0, problems=(str(exc),)
-            )
-        except BBPError as exc:
-            if isinstance(exc, ValueError):
-                raise  # a malformed id
+        except InvalidIdentifier:
+            raise  # a malformed id: bad input, not a damaged checkpoint
+        except BBPError as exc:  # missing, a takeover, unreadable
             self._catalog.set_damaged(checkpoint_id, True)
             return VerifyReport(
                 checkpoint_id=checkpoint_id, deep=deep, chunks_checked=0, problems=(str(exc),)
@@ -109,28 +109,28 @@ class Maintenance:
         """Apply retention to some workers of an operation (all when None)."""
         rule = RetentionRule(max_checkpoints=config.max_checkpoints, cleanup_age=config.cleanup_age)
         now = datetime.now(UTC)
-        names = workers if workers is not None else list(self._catalog.histories(operation_id))
-        due = {w: select_expired(self._entries(operation_id, w), rule, now=now) for w in names}
-        if not any(due.values()):
-            return 0  # the common case costs one index read per worker, no plan
-        protected = self.protected(operation_id, self._catalog.histories(operation_id))
+        index = self._index(operation_id, workers)
+        entries = {w: _retention_entries(s) for w, s in index.items()}
+        if not any(select_expired(e, rule, now=now) for e in entries.values()):
+            return 0  # the common case costs one index read, no plan
+        # The whole operation's index is the catalog's history unless the index is empty.
+        whole = index if workers is None else self._catalog.histories(operation_id)
+        protected = self.protected(operation_id, whole)
         removed = 0
-        for worker in names:
-            entries = self._entries(operation_id, worker)
-            seqs = select_expired(entries, rule, now=now, protected=protected.get(worker, ()))
+        for worker, found in entries.items():
+            seqs = select_expired(found, rule, now=now, protected=protected.get(worker, ()))
             self._remove(operation_id, worker, seqs)
             removed += len(seqs)
         return removed
 
-    def _entries(self, operation_id: str, worker: str) -> list[RetentionEntry]:
+    def _index(self, operation_id: str, workers: Sequence[str] | None) -> Histories:
+        """The index entries of some workers (all when None), in one read each."""
         try:
-            index = self._coord.index(operation_id, worker)
+            if workers is None:
+                return self._coord.index_all(operation_id)
+            return {w: self._coord.index(operation_id, w) for w in workers}
         except UnknownOperation:
-            index = []
-        return [
-            RetentionEntry(seq=s.seq, kind=s.kind, created_at=datetime.fromisoformat(s.created_at))
-            for s in index
-        ]
+            return {}
 
     def _remove(self, operation_id: str, worker: str, seqs: list[int]) -> None:
         if not seqs:
@@ -152,3 +152,10 @@ class Maintenance:
             exposure += (max(times) - min(times)).total_seconds()
             failures += max(0, sum(1 for s in entries if s.kind == "takeover") - 1)
         return exposure / failures if failures and exposure > 0 else None
+
+
+def _retention_entries(index: list[CheckpointSummary]) -> list[RetentionEntry]:
+    return [
+        RetentionEntry(seq=s.seq, kind=s.kind, created_at=datetime.fromisoformat(s.created_at))
+        for s in index
+    ]

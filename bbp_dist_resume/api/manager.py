@@ -304,7 +304,6 @@ class ResumeSystemManager:
     def claim(self, consumer: str | None = None) -> ClaimedSlot | None:
         """Claim a crashed slot from the reclaim queue, take its lease and resume it from
         the plan; None when there is nothing to claim. The caller runs the worker."""
-        self._coordination()
         return claim_slot(self._coordination(), self._config, consumer or self.coordinator_id)
 
     # -- statistics and the loop ---------------------------------------------------------

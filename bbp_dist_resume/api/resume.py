@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bbp_dist_resume.api.catalog import Catalog, metadata_of
+from bbp_dist_resume.api.catalog import Catalog
 from bbp_dist_resume.api.models import CheckpointMetadata, ResumeContext, ResumeMode
 from bbp_dist_resume.api.snapshot import (
     ATTACHMENT_PREFIX,
@@ -206,6 +206,5 @@ __all__ = [
     "fresh_context",
     "interactive_choice",
     "line_choice",
-    "metadata_of",
     "plan_choice",
 ]

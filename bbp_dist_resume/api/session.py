@@ -97,13 +97,13 @@ class WorkerSession:
         op = operation.operation_id
         lease = coord.acquire(op, worker_id, ttl_ms=ttl_ms)
         try:
-            repair_index(repo, coord, op, worker_id)
-            lease = _fence_above_store(coord, lease, ttl_ms)
+            history = repair_index(repo, coord, op, worker_id)
+            lease = _fence_above_store(coord, lease, ttl_ms, history)
             takeover = repo.takeover(
                 op, worker_id, owner_token=lease.owner_token, fence=lease.fence
             )
             coord.record(lease, CheckpointSummary.of(takeover))
-            done = [s for s in coord.index(op, worker_id) if s.kind == "checkpoint"]
+            done = [s for s in history if s.kind == "checkpoint"]
         except BaseException:
             _release_quietly(coord, lease)
             raise
@@ -336,19 +336,26 @@ class WorkerSession:
         return None
 
 
-def repair_index(repo: Repository, coord: Coordination, op: str, worker: str) -> int:
-    """Index the worker's commit records that the store has and the index lacks."""
-    indexed = frozenset(s.seq for s in coord.index(op, worker))
-    summaries = store_history(repo, op, worker, skip=indexed)
-    return coord.repair(op, worker, summaries) if summaries else 0
+def repair_index(
+    repo: Repository, coord: Coordination, op: str, worker: str
+) -> list[CheckpointSummary]:
+    """Index the worker's commit records that the store has and the index lacks; return
+    the worker's whole history (index and repaired entries), by seq."""
+    index = coord.index(op, worker)
+    summaries = store_history(repo, op, worker, skip=frozenset(s.seq for s in index))
+    if summaries:
+        coord.repair(op, worker, summaries)
+    return sorted([*index, *summaries], key=lambda s: s.seq)
 
 
-def _fence_above_store(coord: Coordination, lease: Lease, ttl_ms: int) -> Lease:
+def _fence_above_store(
+    coord: Coordination, lease: Lease, ttl_ms: int, history: list[CheckpointSummary]
+) -> Lease:
     """A lease whose fence is above every fence in the slot's history. Only a backend that
     lost its data (its counter restarted) hands out a lower one: then the counter is
     raised past the store's fences and the lease taken again."""
     op, worker = lease.operation_id, lease.worker_id
-    top = max((s.fence for s in coord.index(op, worker)), default=0)
+    top = max((s.fence for s in history), default=0)
     if lease.fence > top:
         return lease
     log.warning(
