@@ -524,6 +524,36 @@ def test_crashed_workers_lists_exactly_expired_unfinished_workers_of_running_ope
     assert coord.crashed_workers() == [("other-run", "crashed")]
 
 
+def test_slot_states_show_each_workers_fence_lease_and_done_flag(
+    coord: Coordination, op: OperationInfo
+) -> None:
+    assert [(s.worker_id, s.fence, s.lease_ms, s.done) for s in coord.slot_states(OP)] == [
+        (w, 0, None, False) for w in WORKERS
+    ]
+    live = coord.acquire(OP, "w0", ttl_ms=LONG_TTL_MS)
+    short = coord.acquire(OP, "w1", ttl_ms=SHORT_TTL_MS)
+    finished = coord.acquire(OP, "w2", ttl_ms=LONG_TTL_MS)
+    coord.mark_worker_done(finished)
+    expire(short)
+    states = {s.worker_id: s for s in coord.slot_states(OP)}
+    assert list(states) == list(WORKERS)
+    assert states["w0"].fence == live.fence == 1
+    assert states["w0"].lease_ms is not None
+    assert LONG_TTL_MS - 5_000 < states["w0"].lease_ms <= LONG_TTL_MS
+    assert not states["w0"].done
+    assert (states["w1"].fence, states["w1"].lease_ms, states["w1"].done) == (1, None, False)
+    assert (states["w2"].lease_ms, states["w2"].done) == (None, True)
+    coord.release(live)
+    assert coord.slot_states(OP)[0].lease_ms is None
+
+
+def test_slot_states_of_an_unknown_operation_is_an_error(coord: Coordination) -> None:
+    with pytest.raises(UnknownOperation):
+        coord.slot_states("no-such-op")
+    with pytest.raises(InvalidIdentifier):
+        coord.slot_states("a/b")
+
+
 def test_fence_of_counts_every_acquisition(coord: Coordination, op: OperationInfo) -> None:
     for expected in range(1, 5):
         lease = coord.acquire(OP, "w1", ttl_ms=LONG_TTL_MS)

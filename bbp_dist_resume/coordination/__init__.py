@@ -9,6 +9,7 @@ from bbp_dist_resume.coordination.models import (
     OperationStatus,
     ReclaimClaim,
     ResumePlan,
+    SlotState,
 )
 from bbp_dist_resume.coordination.url import open_coordination
 
@@ -20,5 +21,6 @@ __all__ = [
     "OperationStatus",
     "ReclaimClaim",
     "ResumePlan",
+    "SlotState",
     "open_coordination",
 ]

@@ -29,6 +29,7 @@ from bbp_dist_resume.coordination.models import (
     OperationStatus,
     ReclaimClaim,
     ResumePlan,
+    SlotState,
 )
 
 
@@ -96,6 +97,12 @@ class Coordination(Protocol):
         its operation is RUNNING and it is not done, over all operations. A worker that
         never took its lease is not crashed (its process may not have started yet); one
         that released it without finishing is."""
+        ...
+
+    def slot_states(self, operation_id: str) -> list[SlotState]:
+        """Every worker slot of the operation, in the operation's worker order: fence,
+        remaining lease time (backend clock) and done flag, read in one round trip.
+        Raises ``UnknownOperation``."""
         ...
 
     def fence_of(self, operation_id: str, worker_id: str) -> int:

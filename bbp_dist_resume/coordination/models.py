@@ -46,6 +46,23 @@ class OperationInfo:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SlotState:
+    """One worker slot as the backend sees it now (for operators: ``bbp-resume ops``).
+
+    Attributes:
+        fence: the slot's fencing counter (0: never acquired).
+        lease_ms: the live lease's remaining time by the backend's clock; None when no
+            owner holds a live lease (never started, released, expired or done).
+        done: the worker called ``mark_worker_done``.
+    """
+
+    worker_id: str
+    fence: int
+    lease_ms: int | None
+    done: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Lease:
     """A worker's lease: who owns the slot, and the fence its writes carry.
 

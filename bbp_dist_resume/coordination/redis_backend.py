@@ -24,6 +24,7 @@ from bbp_dist_resume.coordination.models import (
     OperationStatus,
     ReclaimClaim,
     ResumePlan,
+    SlotState,
 )
 from bbp_dist_resume.coordination.redis_client import RedisCalls, connect_client
 from bbp_dist_resume.coordination.redis_queue import ReclaimQueue
@@ -241,6 +242,29 @@ class RedisCoordination:
         if gone:
             self._retry(lambda: self._r.zrem(K.ALL_DEADLINES, *gone))
         return sorted(slot for slot, f in zip(slots, facts, strict=True) if _crashed(f))
+
+    def slot_states(self, operation_id: str) -> list[SlotState]:
+        info = self.get_operation(operation_id)
+        op, workers = info.operation_id, info.workers
+
+        def read() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for worker in workers:
+                pipe.pttl(K.lease(op, worker))
+                pipe.get(K.fence(op, worker))
+            return list(pipe.execute())
+
+        got = self._retry(read) if workers else []
+        return [
+            SlotState(
+                worker_id=w,
+                fence=int(got[2 * i + 1] or 0),
+                # PTTL: -2 no key, -1 no expiry (never set so by this library).
+                lease_ms=int(got[2 * i]) if int(got[2 * i]) > 0 else None,
+                done=w in info.done_workers,
+            )
+            for i, w in enumerate(workers)
+        ]
 
     def fence_of(self, operation_id: str, worker_id: str) -> int:
         self._require_worker(operation_id, worker_id)

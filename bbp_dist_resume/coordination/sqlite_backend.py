@@ -39,6 +39,7 @@ from bbp_dist_resume.coordination.models import (
     OperationStatus,
     ReclaimClaim,
     ResumePlan,
+    SlotState,
 )
 from bbp_dist_resume.coordination.sqlite_db import (
     ThreadConnections,
@@ -220,6 +221,20 @@ class SQLiteCoordination:
         with self._tx(write=False) as db:
             rows = db.execute(_CRASHED, (OperationStatus.RUNNING.value, now_ms())).fetchall()
         return [(str(op), str(worker)) for op, worker in rows]
+
+    def slot_states(self, operation_id: str) -> list[SlotState]:
+        op = check_id(operation_id, "operation id")
+        with self._tx(write=False) as db:
+            workers = _info(db, op).workers
+            rows = {
+                r["worker"]: r
+                for r in db.execute(
+                    "SELECT worker, owner_token, fence, deadline_ms, done FROM slots WHERE op = ?",
+                    (op,),
+                )
+            }
+        now = now_ms()
+        return [_slot_state(w, rows.get(w), now) for w in workers]
 
     def fence_of(self, operation_id: str, worker_id: str) -> int:
         op, worker = _op_worker(operation_id, worker_id)
@@ -450,6 +465,18 @@ def _not_a_worker(op: str, worker: str) -> InvalidIdentifier:
 
 def _live(slot: Any, now_ms: int) -> bool:
     return slot["owner_token"] is not None and (slot["deadline_ms"] or 0) > now_ms
+
+
+def _slot_state(worker: str, row: Any, now: int) -> SlotState:
+    if row is None:
+        return SlotState(worker_id=worker, fence=0, lease_ms=None, done=False)
+    live = _live(row, now) and not row["done"]
+    return SlotState(
+        worker_id=worker,
+        fence=int(row["fence"]),
+        lease_ms=int(row["deadline_ms"]) - now if live else None,
+        done=bool(row["done"]),
+    )
 
 
 def _owned(db: sqlite3.Connection, lease: Lease, action: str) -> int:
