@@ -10,6 +10,7 @@ secrets: they never appear in ``repr``, logs or error messages.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from datetime import timedelta
@@ -34,6 +35,7 @@ _ENV_PREFIX = "BBP_"
 # BBP_ variables that are not config fields (read by the CLI and the test fixtures).
 _ENV_NOT_FIELDS = frozenset({"BBP_CONFIG", "BBP_DEBUG"})
 _ENV_IGNORED_PREFIXES = ("BBP_TEST_",)
+_HOST = re.compile(r"[A-Za-z0-9:][A-Za-z0-9.:-]*")
 
 
 class CheckpointStrategy(StrEnum):
@@ -72,6 +74,10 @@ class CheckpointConfig(BaseModel):
     commit) quarantine it, and plans fall back past it. ``deterministic_producers``: worker
     ids that regenerate the very same records when replayed, so the recovery line keeps
     their consumers ahead of them instead of rolling them back.
+
+    Metrics: ``metrics_port`` starts a Prometheus exporter (``bbp-dist-resume[metrics]``)
+    once per process, when the first system or manager is initialised; it listens on
+    ``metrics_address``, loopback by default because the endpoint has no authentication.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -109,6 +115,8 @@ class CheckpointConfig(BaseModel):
     max_pending_checkpoints: int = Field(2, ge=1, le=64)
     mtbf: timedelta | None = Field(None, gt=timedelta(0))
     detailed_logging: bool = False
+    metrics_port: int | None = Field(None, gt=0, lt=65536)
+    metrics_address: str = Field("127.0.0.1", min_length=1, max_length=253)
     # Callables are for code, not for files or the environment.
     best_fn: Callable[[Any], float] | None = Field(None, exclude=True)
     chooser: Callable[[list[Any]], Any] | None = Field(None, exclude=True)
@@ -154,6 +162,14 @@ class CheckpointConfig(BaseModel):
                 check_id(worker, "worker id")
             except InvalidIdentifier as exc:
                 raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("metrics_address")
+    @classmethod
+    def _host(cls, value: str) -> str:
+        # An IP address or a host name: it is handed to bind(), never to a shell or a URL.
+        if not _HOST.fullmatch(value):
+            raise ValueError("must be an IP address or a host name")
         return value
 
     @field_validator("encryption_key")
