@@ -107,21 +107,30 @@ class Maintenance:
         self, operation_id: str, workers: Sequence[str] | None, config: CheckpointConfig
     ) -> int:
         """Apply retention to some workers of an operation (all when None)."""
+        expired = self.expired(operation_id, workers, config)
+        for worker, seqs in expired.items():
+            self._remove(operation_id, worker, seqs)
+        return sum(len(seqs) for seqs in expired.values())
+
+    def expired(
+        self, operation_id: str, workers: Sequence[str] | None, config: CheckpointConfig
+    ) -> dict[str, list[int]]:
+        """Per worker, the seqs retention would remove now (workers with none left out)."""
         rule = RetentionRule(max_checkpoints=config.max_checkpoints, cleanup_age=config.cleanup_age)
         now = datetime.now(UTC)
         index = self._index(operation_id, workers)
         entries = {w: _retention_entries(s) for w, s in index.items()}
         if not any(select_expired(e, rule, now=now) for e in entries.values()):
-            return 0  # the common case costs one index read, no plan
+            return {}  # the common case costs one index read, no plan
         # The whole operation's index is the catalog's history unless the index is empty.
         whole = index if workers is None else self._catalog.histories(operation_id)
         protected = self.protected(operation_id, whole)
-        removed = 0
+        out = {}
         for worker, found in entries.items():
             seqs = select_expired(found, rule, now=now, protected=protected.get(worker, ()))
-            self._remove(operation_id, worker, seqs)
-            removed += len(seqs)
-        return removed
+            if seqs:
+                out[worker] = seqs
+        return out
 
     def _index(self, operation_id: str, workers: Sequence[str] | None) -> Histories:
         """The index entries of some workers (all when None), in one read each."""

@@ -67,6 +67,16 @@ class DataKey:
     id_key: bytes
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class KeyInfo:
+    """One data key as an operator sees it (never its bytes)."""
+
+    key_id: str
+    created_at: str
+    opened_by: int | None
+    writer: bool
+
+
 def derive_kek(secret: str, kdf: KdfParams) -> bytes:
     """Turn a configured secret into a 32-byte KEK. Raises ``EncryptionKeyError``."""
     if secret.startswith(_RAW_PREFIX):
@@ -190,6 +200,24 @@ class KeyRing(KeyLookup):
     def id_key_for(self, key_id: bytes) -> bytes | None:
         """The chunk-id key of a data key, by its 8-byte id."""
         return None if self.seal_key(key_id) is None else self._keys[key_id].id_key
+
+    def describe(self) -> list[KeyInfo]:
+        """Every ``keys/`` object of the store: which configured secret opens it (0 the
+        primary, i > 0 ``decryption_keys[i-1]``, None none) and which one writes."""
+        out = []
+        for info in self._store.list(KEYS_PREFIX):
+            obj = _parse_key_object(self._store.get(info.key), info.key)
+            opened = self._try_open(info.key)
+            writer = self._writer is not None and self._writer.key_id == obj.key_id
+            out.append(
+                KeyInfo(
+                    key_id=obj.key_id,
+                    created_at=obj.created_at,
+                    opened_by=None if opened is None else opened[1],
+                    writer=writer,
+                )
+            )
+        return sorted(out, key=lambda k: (k.created_at, k.key_id))
 
     def key_ids(self) -> list[str]:
         """Ids of the data keys the configured secrets open."""

@@ -159,11 +159,13 @@ Manifest = CheckpointRecord
 _RECORD = TypeAdapter(Record)
 
 
+CHECKPOINTS_PREFIX = "checkpoints/"
+
+
 def record_prefix(operation_id: str, worker_id: str) -> str:
     """The store prefix of one worker's commit records. Raises ``InvalidIdentifier``."""
-    return (
-        f"checkpoints/{check_id(operation_id, 'operation id')}/{check_id(worker_id, 'worker id')}/"
-    )
+    op, worker = check_id(operation_id, "operation id"), check_id(worker_id, "worker id")
+    return f"{CHECKPOINTS_PREFIX}{op}/{worker}/"
 
 
 def record_key(operation_id: str, worker_id: str, seq: int) -> str:

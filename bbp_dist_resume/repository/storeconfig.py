@@ -75,6 +75,15 @@ class StoreConfig(BaseModel):
     probe: ProbeResult
 
 
+def load_existing(store: BlobStore) -> StoreConfig | None:
+    """The store's config, or None for a store nothing was written to yet (nothing is
+    created). Raises ``ManifestError`` for a malformed config object."""
+    try:
+        return _parse(store.get(CONFIG_KEY))
+    except ObjectNotFound:
+        return None
+
+
 def load_or_create(store: BlobStore, config: CheckpointConfig) -> StoreConfig:
     """Return the store's config, creating it (create-only) if the store is new.
 
@@ -86,10 +95,7 @@ def load_or_create(store: BlobStore, config: CheckpointConfig) -> StoreConfig:
         StoreUnsafeError: the probe saw more than one winner and unsafe stores are refused.
         ManifestError: the config object is malformed or of a newer format.
     """
-    try:
-        existing = _parse(store.get(CONFIG_KEY))
-    except ObjectNotFound:
-        existing = None
+    existing = load_existing(store)
     if existing is not None:
         _check_probe(existing.probe, store, config)
         return existing
