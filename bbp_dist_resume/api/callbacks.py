@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from bbp_dist_resume.errors import ConfigError
+from bbp_dist_resume.logs import get_logger
 
-log = logging.getLogger("bbp_dist_resume")
+log = get_logger("bbp_dist_resume")
 
 EVENTS = ("progress", "checkpoint", "recovery", "error", "rollback")
 

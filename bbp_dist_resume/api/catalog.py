@@ -6,7 +6,6 @@ store key and checked against the index's ``root``.
 
 from __future__ import annotations
 
-import logging
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
@@ -24,10 +23,11 @@ from bbp_dist_resume.errors import (
     UnknownOperation,
 )
 from bbp_dist_resume.ids import parse_checkpoint_id
+from bbp_dist_resume.logs import get_logger, in_context
 from bbp_dist_resume.repository import Manifest, Repository
 from bbp_dist_resume.repository.manifest import record_key
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _CACHE_CAP = 4096
 
 Histories = dict[str, list[CheckpointSummary]]
@@ -104,7 +104,9 @@ class Catalog:
             for s in entries
             if s.kind == "checkpoint"
         ]
-        points = list(self._pool.map(lambda ws: self._point(operation_id, ws[0], ws[1]), summaries))
+        # The pool's threads log with the caller's log fields.
+        point = in_context(lambda ws: self._point(operation_id, ws[0], ws[1]))
+        points = list(self._pool.map(point, summaries))
         return sorted(points, key=lambda p: (p.timestamp, p.worker_id, p.seq))
 
     def _point(self, op: str, worker: str, summary: CheckpointSummary) -> CheckpointMetadata:

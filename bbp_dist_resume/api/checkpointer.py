@@ -8,7 +8,6 @@ The commit itself runs on the committer thread, in call order.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,10 +27,11 @@ from bbp_dist_resume.api.stats import StatsRecorder
 from bbp_dist_resume.api.sysinfo import SystemProbe
 from bbp_dist_resume.config import CheckpointConfig, CheckpointStrategy
 from bbp_dist_resume.errors import BBPError, CheckpointFailed, InvalidCheckpoint, LeaseLostError
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.policy import Boundary, CheckpointSchedule, SchedulePolicy
 from bbp_dist_resume.repository import CheckpointMeta
 
-log = logging.getLogger("bbp_dist_resume")
+log = get_logger("bbp_dist_resume")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -8,7 +8,6 @@ a new lease expiry, found by the coordinator's scan.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from bbp_dist_resume.api.models import ResumeContext
@@ -16,8 +15,9 @@ from bbp_dist_resume.api.resume_system import ResumeSystem
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.coordination import Coordination, ReclaimClaim
 from bbp_dist_resume.errors import LeaseHeldError, UnknownOperation
+from bbp_dist_resume.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _STALE_TTLS = 3
 
 

@@ -14,6 +14,7 @@ from concurrent.futures import Future
 from typing import TypeVar
 
 from bbp_dist_resume.errors import InvalidStateError
+from bbp_dist_resume.logs import in_context
 
 T = TypeVar("T")
 _Job = tuple[Callable[[], object], "Future[object]"]
@@ -38,7 +39,8 @@ class Committer:
             if self._closed:
                 self._slots.release()
                 raise InvalidStateError("the resume system is shut down")
-            self._jobs.put((job, fut))  # type: ignore[arg-type]
+            # The job runs with the submitter's log fields (operation, worker).
+            self._jobs.put((in_context(job), fut))  # type: ignore[arg-type]
         return fut
 
     def flush(self) -> None:

@@ -27,9 +27,10 @@ from bbp_dist_resume.errors import (
     UnknownOperation,
 )
 from bbp_dist_resume.ids import check_id
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.repository import Manifest, Repository
 
-log = logging.getLogger("bbp_dist_resume")
+log = get_logger("bbp_dist_resume")
 
 
 class SystemCore:

@@ -9,7 +9,6 @@ failure recorded in its metadata, and re-raises.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
@@ -17,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 from bbp_dist_resume.config import CheckpointGranularity
 from bbp_dist_resume.errors import BBPError, InvalidCheckpoint, InvalidStateError
 from bbp_dist_resume.ids import check_id
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.policy import Boundary
 
 if TYPE_CHECKING:
     from bbp_dist_resume.api.resume_system import ResumeSystem
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class CheckpointGuard:

@@ -7,14 +7,14 @@ as ``"python worker.py --op {operation_id} --worker {worker_id}"``, run without 
 
 from __future__ import annotations
 
-import logging
 import shlex
 import subprocess
 from collections.abc import Callable
 
 from bbp_dist_resume.errors import ConfigError
+from bbp_dist_resume.logs import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Launcher = Callable[[str, str], object] | str
 

@@ -9,7 +9,6 @@ entry of the current plan or recovery line.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -23,11 +22,12 @@ from bbp_dist_resume.errors import (
     UnknownOperation,
 )
 from bbp_dist_resume.ids import parse_checkpoint_id
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.policy import RetentionRule, recovery_line, select_expired
 from bbp_dist_resume.policy.retention import RetentionEntry
 from bbp_dist_resume.repository import Repository, VerifyReport
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Maintenance:

@@ -14,7 +14,6 @@ past it.
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 import uuid
@@ -34,11 +33,12 @@ from bbp_dist_resume.coordination import Coordination, open_coordination
 from bbp_dist_resume.coordination.rebuild import rebuild_from_store
 from bbp_dist_resume.errors import BBPError, InvalidStateError, UnknownOperation
 from bbp_dist_resume.ids import check_id
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.policy import ResumeSelection
 from bbp_dist_resume.policy.plan import RecoveryPlan, build_plan
 from bbp_dist_resume.repository import Repository, open_repository
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _ANY = "*"  # register_pipeline("*", ...): the launcher of every operation
 _RELAUNCH_TTLS = 3  # a pushed slot nobody took within 3 lease TTLs is pushed again
 

@@ -8,7 +8,6 @@ resumes, excluded so the choice falls back past it.
 
 from __future__ import annotations
 
-import logging
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -25,10 +24,11 @@ from bbp_dist_resume.api.snapshot import (
 )
 from bbp_dist_resume.coordination.models import OperationInfo
 from bbp_dist_resume.errors import IntegrityError, InteractiveUnavailable, InvalidCheckpoint
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.policy import ResumeSelection, recovery_line
 from bbp_dist_resume.repository import Manifest, Repository
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 Chooser = Callable[[list[CheckpointMetadata]], "CheckpointMetadata | str | None"]
 BestFn = Callable[[CheckpointMetadata], float]

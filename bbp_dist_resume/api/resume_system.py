@@ -8,7 +8,6 @@ used from many threads. Checkpoints are taken in call order on one committer thr
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any, Literal, overload
@@ -31,10 +30,11 @@ from bbp_dist_resume.api.snapshot import Attachment
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.errors import InvalidStateError
 from bbp_dist_resume.ids import check_id
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.policy import Boundary
 from bbp_dist_resume.repository import RepositoryStats
 
-log = logging.getLogger("bbp_dist_resume")
+log = get_logger("bbp_dist_resume")
 
 ProgressCallback = Callable[[str, float], None]
 CheckpointCallback = Callable[[str, CheckpointMetadata], None]

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -16,6 +15,7 @@ from bbp_dist_resume.errors import (
     UnknownOperation,
 )
 from bbp_dist_resume.ids import check_id, parse_checkpoint_id
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.policy import ResumeSelection
 from bbp_dist_resume.policy.recovery import Point
 from bbp_dist_resume.repository import Manifest
@@ -23,7 +23,7 @@ from bbp_dist_resume.repository import Manifest
 if TYPE_CHECKING:
     from bbp_dist_resume.api.resume_system import ResumeSystem
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _MAX_FALLBACKS = 64
 # Failures that mean "this checkpoint cannot be restored": fall back past it.
 _UNRESTORABLE = (IntegrityError, ObjectNotFound, InvalidCheckpoint)

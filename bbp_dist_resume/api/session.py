@@ -10,7 +10,6 @@ commit record means a newer owner took over: the session is lost for good.
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -31,9 +30,10 @@ from bbp_dist_resume.errors import (
     RollbackRequested,
     StoreError,
 )
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _INDEX_ATTEMPTS = 5
 
 

@@ -11,7 +11,6 @@ may already belong to someone else. ``check()`` is the cheap test for every call
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Callable
@@ -19,8 +18,9 @@ from collections.abc import Callable
 from bbp_dist_resume.coordination.base import Coordination
 from bbp_dist_resume.coordination.models import Lease
 from bbp_dist_resume.errors import CoordinationUnavailable, LeaseLostError
+from bbp_dist_resume.logs import get_logger, in_context, log_context
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 class Heartbeat:
@@ -45,8 +45,9 @@ class Heartbeat:
         self._progress: float | None = None
         self._lost_marked = False
         self.lost = threading.Event()
+        self._main = self._run
         self._thread = threading.Thread(
-            target=self._run, name=f"bbp-heartbeat-{lease.worker_id}", daemon=True
+            target=self._thread_main, name=f"bbp-heartbeat-{lease.worker_id}", daemon=True
         )
 
     @property
@@ -61,6 +62,8 @@ class Heartbeat:
             self._progress = percent
 
     def start(self) -> Heartbeat:
+        # The thread logs with the log fields of whoever started it (operation, worker).
+        self._main = in_context(self._run)
         self._thread.start()
         return self
 
@@ -78,6 +81,11 @@ class Heartbeat:
             self._mark_lost("deadline passed")
             raise LeaseLostError(lease.operation_id, lease.worker_id, "heartbeat lost it")
         return lease
+
+    def _thread_main(self) -> None:
+        lease = self._lease
+        with log_context(operation=lease.operation_id, worker=lease.worker_id):
+            self._main()
 
     def _run(self) -> None:
         while True:

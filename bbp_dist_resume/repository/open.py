@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import logging
-
 from bbp_dist_resume.blobstore import BlobStore, S3BlobStore, open_store
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.errors import EncryptionKeyError
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.repository.keys import KEYS_PREFIX, KeyRing
 from bbp_dist_resume.repository.objects import ObjectCodec
 from bbp_dist_resume.repository.repository import Repository, RepositoryOptions
 from bbp_dist_resume.repository.storeconfig import load_or_create
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def open_repository(store_url: str | None, config: CheckpointConfig) -> Repository:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import logging
 import os
 import secrets
 import threading
@@ -22,11 +21,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from bbp_dist_resume.blobstore import BlobStore
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.errors import ManifestError, ObjectNotFound, StoreUnsafeError
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.repository.chunker import ChunkerParams
 from bbp_dist_resume.repository.codec import decode_plain, encode
 from bbp_dist_resume.repository.keys import KdfParams
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 CONFIG_KEY = "config"
 STORE_FORMAT = 1
