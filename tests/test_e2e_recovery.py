@@ -1,8 +1,8 @@
 """End-to-end crash recovery of a multi-process pipeline (DESIGN.md invariants 1-4), with
 real processes and real servers, on both backend pairs.
 
-Each run is ``tests/e2e_pipeline.py``: one ``expand`` worker, three probers and one
-``rank`` worker (five processes, each its own slot), relaunched by a coordinator process
+Each run is ``bbp_dist_resume/demo/pipeline.py``: one ``expand`` worker, three probers and
+one ``rank`` worker (five processes, each its own slot), relaunched by a coordinator process
 (``ResumeSystemManager.run()`` with a command-template launcher) when they crash. The
 tests crash them — kill -9 at random moments, fault points of the commit protocol,
 SIGSTOP past the lease, a killed leader coordinator, a Redis restart that loses every
@@ -40,17 +40,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import e2e_pipeline as pipe
 import pytest
 from resume_helpers import probed_s3_prefix  # noqa: F401  (autouse: cheap fresh S3 prefixes)
 
 from bbp_dist_resume import CheckpointConfig, ResumeSystem, open_repository
 from bbp_dist_resume.coordination import OperationStatus, open_coordination
 from bbp_dist_resume.coordination.url import sqlite_path
+from bbp_dist_resume.demo import pipeline as pipe
 from bbp_dist_resume.errors import BBPError
 from bbp_dist_resume.policy.recovery import live_history
 
-PIPELINE = Path(pipe.__file__).resolve()
 BASE_SEED = int(os.environ.get("BBP_E2E_SEED", "1406"))
 PARAMS = pipe.Params(seed=11, hosts=400, probers=3, batch=20, sleep_s=0.05, poll_s=0.05)
 WORKERS = pipe.worker_ids(PARAMS)
@@ -116,7 +115,7 @@ class Run:
             env["BBP_FAULT"] = fault
         with (self.run_dir / f"{key}.stderr").open("wb") as stderr:
             self.children[key] = subprocess.Popen(
-                [sys.executable, str(PIPELINE), *args, "--config-json", self.rc.to_json()],
+                [sys.executable, "-m", pipe.MODULE, *args, "--config-json", self.rc.to_json()],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -261,7 +260,7 @@ def _ours(pid: int, run_dir: Path) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return str(PIPELINE).encode() in cmdline and str(run_dir).encode() in cmdline
+    return pipe.MODULE.encode() in cmdline and str(run_dir).encode() in cmdline
 
 
 def _signal(pid: int, sig: int, run_dir: Path) -> None:

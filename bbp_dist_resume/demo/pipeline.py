@@ -1,10 +1,11 @@
-"""A recon-shaped pipeline for the end-to-end crash-recovery tests (tests/test_e2e_recovery.py).
+"""A recon-shaped pipeline of several worker processes: the demo's, and the one the
+end-to-end crash-recovery tests run (tests/test_e2e_recovery.py).
 
-Not a test module: it is run as real processes, and imported by the tests for its pure
-functions (the reference output, the exact checkpoint counts of an uncrashed run).
+It is run as real processes, and imported for its pure functions (the reference output,
+the exact checkpoint counts of an uncrashed run).
 
-    python tests/e2e_pipeline.py worker --op OP --worker WID --config-json JSON
-    python tests/e2e_pipeline.py coordinator --op OP --name NAME --config-json JSON
+    python -m bbp_dist_resume.demo.pipeline worker --op OP --worker WID --config-json JSON
+    python -m bbp_dist_resume.demo.pipeline coordinator --op OP --name NAME --config-json JSON
 
 ``JSON`` is a :class:`RunConfig`: the ``CheckpointConfig``, the pipeline's parameters and
 a run directory where every process writes its own event log and stderr.
@@ -66,6 +67,7 @@ from bbp_dist_resume import (
     StoreUnavailable,
 )
 
+MODULE = "bbp_dist_resume.demo.pipeline"
 EXIT_DONE = 0
 EXIT_LEASE_LOST = 3
 EXIT_LEASE_HELD = 4
@@ -535,7 +537,7 @@ def launcher_template(rc: RunConfig) -> str:
     """This file's worker command line, as a launcher template (``{operation_id}`` and
     ``{worker_id}`` are the launcher's; the JSON's own braces are doubled for it)."""
     escaped = rc.to_json().replace("{", "{{").replace("}", "}}")
-    words = [sys.executable, str(Path(__file__).resolve()), "worker"]
+    words = [sys.executable, "-m", MODULE, "worker"]
     quoted = [shlex.quote(word) for word in words]
     tail = ["--op", "{operation_id}", "--worker", "{worker_id}", "--config-json"]
     return " ".join([*quoted, *tail, shlex.quote(escaped)])
@@ -593,7 +595,7 @@ def run_coordinator(rc: RunConfig, op: str, name: str) -> int:
 
 
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="e2e_pipeline.py")
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}")
     parser.add_argument("mode", choices=["worker", "coordinator"])
     parser.add_argument("--op", required=True)
     parser.add_argument("--worker")
