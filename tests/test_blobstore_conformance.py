@@ -4,6 +4,7 @@ against a real SeaweedFS server."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -159,3 +160,26 @@ def test_large_object_round_trips(store: BlobStore) -> None:
     data = bytes(range(256)) * (20 * 4096)  # 20 MiB
     store.put("big", data)
     assert store.get("big") == data
+
+
+def age_of(store: BlobStore, key: str) -> float:
+    info = store.head(key)
+    assert info is not None and info.age is not None, info
+    return info.age
+
+
+def test_age_counts_from_the_last_write_by_the_stores_clock(store: BlobStore) -> None:
+    # S3 ages are whole seconds (Date minus LastModified), so the bounds allow one second.
+    assert store.put_if_absent("age/a", b"1")
+    first = age_of(store, "age/a")
+    assert 0.0 <= first <= 1.5
+    time.sleep(2.2)  # the age is the passing of time itself: nothing to wait on instead
+    older = age_of(store, "age/a")
+    assert older >= first + 1.0
+    listed = {info.key: info.age for info in store.list("age/")}
+    assert listed["age/a"] is not None and listed["age/a"] >= older - 1.0
+    assert store.put_if_absent("age/a", b"2") is False  # a refused create is no write
+    assert age_of(store, "age/a") >= older
+    store.put("age/a", b"3")  # a replacing put starts the count again
+    assert age_of(store, "age/a") <= 1.5
+    assert all(i.age is not None and i.age <= 1.5 for i in store.list("age/"))

@@ -37,10 +37,22 @@ class StoreProperties:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class ObjectInfo:
-    """One object's key (relative to the store) and size in bytes."""
+    """One object's key (relative to the store), size in bytes and age.
+
+    Attributes:
+        key: the key, relative to the store.
+        size: the object's size in bytes.
+        age: seconds since the object was last written (created or replaced), by the
+            STORE's clock, measured when the answer came: S3 takes the answer's ``Date``
+            header minus ``LastModified`` (both whole seconds, so off by up to a second);
+            a local store takes its host's clock minus the file's mtime. None when the
+            store did not say. Never compare it with a client's wall clock: it is a
+            duration, and garbage collection (``repository.gc``) relies on that.
+    """
 
     key: str
     size: int
+    age: float | None = None
 
 
 def check_key(key: object) -> str:
@@ -107,13 +119,14 @@ class BlobStore(Protocol):
         ...
 
     def head(self, key: str) -> ObjectInfo | None:
-        """Return the object's info, or None if there is no object under ``key``."""
+        """Return the object's info (``age`` filled in), or None if there is no object."""
         ...
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         """Yield every object whose key starts with ``prefix``, in key order.
 
         Pages through the backend lazily; ``start_after`` skips keys up to and including it.
+        Each ``ObjectInfo`` carries its ``age`` as of the page that listed it.
         """
         ...
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -110,7 +112,10 @@ class LocalBlobStore:
             st = path.stat()
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return ObjectInfo(key=key, size=st.st_size) if path.is_file() else None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        # This host's clock is the store's clock; a clock stepped back is not a negative age.
+        return ObjectInfo(key=key, size=st.st_size, age=max(0.0, time.time() - st.st_mtime))
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         check_prefix(prefix)

@@ -14,8 +14,10 @@ import base64
 import hashlib
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Literal
 
 import boto3
@@ -209,7 +211,8 @@ class S3BlobStore:
             raise _translate(exc, key) from exc
         except bexc.BotoCoreError as exc:
             raise _translate(exc, key) from exc
-        return ObjectInfo(key=key, size=int(resp["ContentLength"]))
+        age = store_age(_headers(resp), resp.get("LastModified"))
+        return ObjectInfo(key=key, size=int(resp["ContentLength"]), age=age)
 
     def list(self, prefix: str = "", *, start_after: str | None = None) -> Iterator[ObjectInfo]:
         check_prefix(prefix)
@@ -218,8 +221,13 @@ class S3BlobStore:
             args["StartAfter"] = self._prefix + start_after
         try:
             for page in self._client.get_paginator("list_objects_v2").paginate(**args):
+                headers = _headers(page)
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(key=obj["Key"][len(self._prefix) :], size=obj["Size"])
+                    yield ObjectInfo(
+                        key=obj["Key"][len(self._prefix) :],
+                        size=obj["Size"],
+                        age=store_age(headers, obj.get("LastModified")),
+                    )
         except (bexc.ClientError, bexc.BotoCoreError) as exc:
             raise _translate(exc, prefix or None) from exc
 
@@ -274,6 +282,27 @@ def _make_client(s: S3Settings) -> tuple[S3Client, FastGetter | None]:
         timeout=urllib3.Timeout(connect=s.connect_timeout, read=s.read_timeout),
     )
     return client, fast
+
+
+def _headers(resp: Mapping[str, Any]) -> Mapping[str, str]:
+    meta = resp.get("ResponseMetadata") or {}
+    return meta.get("HTTPHeaders") or {}
+
+
+def store_age(headers: Mapping[str, str], last_modified: datetime | None) -> float | None:
+    """Seconds between an object's ``LastModified`` and the answer's ``Date`` header: its
+    age by the server's own clock (whole seconds both), never compared with ours. None
+    when either is missing or unreadable; a negative difference counts as 0."""
+    date = headers.get("date")
+    if not date or last_modified is None:
+        return None
+    try:
+        now = parsedate_to_datetime(date)
+    except (TypeError, ValueError):
+        return None
+    if now.tzinfo is None or last_modified.tzinfo is None:
+        return None
+    return max(0.0, (now - last_modified).total_seconds())
 
 
 def _delete_error(errors: list[Any], prefix_len: int) -> StoreError:
