@@ -21,6 +21,7 @@
     ├── InteractiveUnavailable               interactive resume with no terminal and no chooser
     ├── CheckpointFailed                     a checkpoint could not be taken (strict mode)
     ├── RollbackRequested                    a new resume plan rolls this worker back
+    ├── DemoFailed                           the multi-worker demo did not run to its end
     └── CoordinationError                    the coordination backend (Redis, SQLite)
         ├── UnknownOperation (LookupError)   no operation with that id
         ├── LeaseHeldError                   a live owner holds the lease
@@ -182,6 +183,20 @@ class RollbackRequested(BBPError):
         super().__init__(
             f"resume plan {generation} of {operation_id} rolls this worker back to {target}"
         )
+
+
+class DemoFailed(BBPError):
+    """The multi-worker demo (``bbp-resume demo``) did not run to its end: a process
+    failed, the crash it injected was not recovered, or the run timed out.
+
+    Attributes:
+        run_dir: the run's folder of event logs and process output, when there is one.
+    """
+
+    def __init__(self, reason: str, run_dir: object | None = None) -> None:
+        self.run_dir = None if run_dir is None else str(run_dir)
+        where = f" (logs in {self.run_dir})" if self.run_dir else ""
+        super().__init__(f"demo failed: {reason}{where}")
 
 
 class CoordinationError(BBPError):
