@@ -107,6 +107,9 @@ class CheckpointConfig(BaseModel):
     chunk_max_size: int = Field(4 << 20, ge=1024, le=16 << 20)
     inline_threshold: int = Field(4096, ge=0, le=65536)
     allow_unsafe_store: bool = False
+    # Garbage collection deletes unreferenced chunks only when older than this margin;
+    # a write must commit within a quarter of it (repository/gc.py has the argument).
+    gc_safety_margin: timedelta = Field(timedelta(hours=24), ge=timedelta(seconds=4))
 
     strict: bool = False
     quarantine_after: int = Field(3, ge=1, le=1000)
@@ -128,6 +131,7 @@ class CheckpointConfig(BaseModel):
         "heartbeat_interval",
         "mtbf",
         "scan_interval",
+        "gc_safety_margin",
         mode="before",
     )
     @classmethod

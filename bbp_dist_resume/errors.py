@@ -11,7 +11,9 @@
     │   ├── BucketNotFound                   the bucket or root directory does not exist
     │   ├── StoreAccessDenied (PermissionError)   credentials refused
     │   ├── StoreUnavailable                 transient: timeouts, 5xx and throttling after retries
+    │   ├── CommitTooLate                    a write too slow to commit safely (GC): write again
     │   └── StoreUnsafeError                 create-only writes do not hold under concurrency
+    ├── GarbageCollectionAborted             the GC stopped: a commit record it cannot read
     ├── IntegrityError                       stored bytes are not what was written
     │   ├── DecryptionError                  wrong key, missing key, or tampered ciphertext
     │   └── ManifestError                    a commit record that is malformed or inconsistent
@@ -101,8 +103,27 @@ class StoreUnavailable(StoreError):
     retryable = True
 
 
+class CommitTooLate(StoreError):
+    """A write's commit came too long after its first chunk dedup decision (over a quarter
+    of ``gc_safety_margin``), or its refreshed chunks kept vanishing: a garbage collection
+    may free chunks it relies on. Nothing was committed; write the checkpoint again.
+    """
+
+    retryable = True
+
+
 class StoreUnsafeError(StoreError):
     """The store's create-only writes let more than one concurrent writer win."""
+
+
+class GarbageCollectionAborted(BBPError):
+    """Garbage collection stopped before deleting anything: a commit record could not be
+    read (corrupt, or encrypted with a key this config lacks), so the chunks it names are
+    unknown. ``key`` names the record; the cause is chained."""
+
+    def __init__(self, message: str, *, key: str) -> None:
+        self.key = key
+        super().__init__(f"{message} (key {key!r})")
 
 
 class IntegrityError(BBPError):
