@@ -33,7 +33,7 @@ from bbp_dist_resume.ids import check_id
 
 _ENV_PREFIX = "BBP_"
 # BBP_ variables that are not config fields (read by the CLI and the test fixtures).
-_ENV_NOT_FIELDS = frozenset({"BBP_CONFIG", "BBP_DEBUG"})
+_ENV_NOT_FIELDS = frozenset({"BBP_CONFIG", "BBP_DEBUG", "BBP_LOG_FORMAT"})
 _ENV_IGNORED_PREFIXES = ("BBP_TEST_",)
 _HOST = re.compile(r"[A-Za-z0-9:][A-Za-z0-9.:-]*")
 
@@ -221,6 +221,23 @@ class CheckpointConfig(BaseModel):
         data.update(_read_env(os.environ if env is None else env))
         data.update(overrides)
         return cls(**data)
+
+    @classmethod
+    def sources(
+        cls,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> dict[str, str]:
+        """Where :meth:`load` takes each field from: ``default``, ``file``, ``env`` or
+        ``argument`` (the same arguments, the same precedence)."""
+        out = dict.fromkeys(cls.model_fields, "default")
+        if path is not None:
+            out.update(dict.fromkeys(_read_toml(Path(path)), "file"))
+        out.update(dict.fromkeys(_read_env(os.environ if env is None else env), "env"))
+        out.update(dict.fromkeys(overrides, "argument"))
+        return out
 
     def with_changes(self, **changes: Any) -> CheckpointConfig:
         """Return a validated copy with some fields changed."""

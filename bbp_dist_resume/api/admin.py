@@ -1,0 +1,368 @@
+"""``Admin``: an operator's handle on one store and coordination backend.
+
+It is what ``bbp-resume`` shows and does — operations and their workers' lease health,
+resume points, a checkpoint's anatomy, verification, plans, restores to a folder,
+retention, garbage collection and index rebuilds — over the same objects the workers and
+the coordinator use. Nothing here takes a worker's lease: an operator reads and repairs,
+the workers work.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+from bbp_dist_resume.api import resume as rsm
+from bbp_dist_resume.api.admin_models import (
+    CheckpointDetails,
+    LeaseHealth,
+    OperationView,
+    PartView,
+    WorkerView,
+)
+from bbp_dist_resume.api.catalog import Catalog, metadata_of
+from bbp_dist_resume.api.maintenance import Maintenance
+from bbp_dist_resume.api.manager import ResumeSystemManager
+from bbp_dist_resume.api.models import CheckpointMetadata, ResumeContext, ResumeMode
+from bbp_dist_resume.api.resume_system import ResumeSystem
+from bbp_dist_resume.api.snapshot import ATTACHMENT_PREFIX
+from bbp_dist_resume.config import CheckpointConfig
+from bbp_dist_resume.coordination import CheckpointSummary, Coordination, SlotState
+from bbp_dist_resume.coordination.rebuild import RebuildReport, rebuild_from_store
+from bbp_dist_resume.errors import (
+    IntegrityError,
+    InvalidCheckpoint,
+    InvalidStateError,
+    ObjectNotFound,
+    UnknownOperation,
+)
+from bbp_dist_resume.ids import check_id, parse_checkpoint_id
+from bbp_dist_resume.policy.plan import RecoveryPlan
+from bbp_dist_resume.repository import ChunkId, Manifest, PartRef, Repository, VerifyReport
+
+Progress = Callable[[int, int], None]
+STATE_FILE = "state.json"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestoreResult:
+    """What ``Admin.restore`` wrote: the context it resumed and the files, by part name."""
+
+    context: ResumeContext
+    files: dict[str, Path]
+
+
+class Admin:
+    """Operator actions over one configuration's store and backend (a context manager)."""
+
+    def __init__(self, config: CheckpointConfig) -> None:
+        self.config = config
+        self._manager = ResumeSystemManager(f"admin-{uuid.uuid4().hex[:12]}")
+        self._manager.initialize(config)
+
+    def close(self) -> None:
+        self._manager.shutdown()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def manager(self) -> ResumeSystemManager:
+        return self._manager
+
+    def _open(self) -> tuple[Repository, Coordination, Catalog]:
+        m = self._manager
+        coord, catalog = m._coordination(), m._cat()
+        assert m._repo is not None
+        return m._repo, coord, catalog
+
+    def _maintenance(self) -> Maintenance:
+        repo, coord, catalog = self._open()
+        return Maintenance(repo, coord, catalog, self.config.deterministic_producers)
+
+    # -- operations ----------------------------------------------------------------------
+
+    def operations(self) -> list[OperationView]:
+        """Every operation the backend or the store knows, oldest first."""
+        _, _, catalog = self._open()
+        views = [self.operation(op) for op in catalog.operations()]
+        return sorted(views, key=lambda v: v.created_at or datetime.max.replace(tzinfo=UTC))
+
+    def operation(self, operation_id: str) -> OperationView:
+        """One operation's status, plan generation and workers.
+
+        Raises:
+            UnknownOperation: neither the backend nor the store knows it.
+        """
+        _, coord, catalog = self._open()
+        check_id(operation_id, "operation id")
+        histories = catalog.histories(operation_id)
+        try:
+            info = coord.get_operation(operation_id)
+            slots = coord.slot_states(operation_id)
+        except UnknownOperation:
+            if not histories:
+                raise
+            return _store_only(operation_id, histories)
+        workers = tuple(
+            _worker_view(
+                operation_id, s, info.progress.get(s.worker_id), histories.get(s.worker_id, [])
+            )
+            for s in slots
+        )
+        return OperationView(
+            operation_id=operation_id,
+            status=info.status.value,
+            created_at=datetime.fromtimestamp(info.created_at, UTC),
+            generation=info.generation,
+            workers=workers,
+            logical_bytes=_logical(histories),
+        )
+
+    def resume_points(self, operation_id: str, worker_id: str | None = None) -> list[Any]:
+        """Every checkpoint of the operation (or of one worker), oldest first."""
+        _, _, catalog = self._open()
+        check_id(operation_id, "operation id")
+        points = catalog.resume_points(operation_id)
+        if worker_id is not None:
+            check_id(worker_id, "worker id")
+            points = [p for p in points if p.worker_id == worker_id]
+        return points
+
+    # -- one checkpoint ------------------------------------------------------------------
+
+    def details(self, checkpoint_id: str, *, measure_stored: bool = True) -> CheckpointDetails:
+        """A checkpoint's anatomy. ``measure_stored`` asks the store for the encoded size
+        of each distinct chunk (one HEAD each).
+
+        Raises:
+            InvalidIdentifier, ObjectNotFound, InvalidCheckpoint (a takeover), IntegrityError.
+        """
+        repo, _, catalog = self._open()
+        manifest = catalog.manifest(checkpoint_id)
+        previous = self._previous(manifest)
+        old = _chunk_ids(previous) if previous is not None else set()
+        sizes = _chunk_sizes(manifest)
+        return CheckpointDetails(
+            metadata=metadata_of(manifest, verified=True),
+            owner_token=manifest.owner_token,
+            fence=manifest.fence,
+            write_id=manifest.write_id,
+            base=manifest.base,
+            encrypted=repo.encrypted,
+            parts=tuple(_part_view(name, part, old) for name, part in manifest.parts.items()),
+            unique_chunks=len(sizes),
+            unique_bytes=sum(sizes.values()),
+            previous=previous.checkpoint_id if previous is not None else None,
+            new_bytes=sum(size for cid, size in sizes.items() if cid not in old),
+            stored_bytes=_stored_bytes(repo, list(sizes)) if measure_stored else None,
+        )
+
+    def _previous(self, manifest: Manifest) -> Manifest | None:
+        """The worker's newest checkpoint before this one, if any is readable."""
+        repo, _, catalog = self._open()
+        op, worker = manifest.operation_id, manifest.worker_id
+        for seq in reversed([s for s in repo.record_seqs(op, worker) if s < manifest.seq]):
+            try:
+                return catalog.manifest(f"{op}/{worker}/{seq}")
+            except (InvalidCheckpoint, IntegrityError, ObjectNotFound):
+                continue  # a takeover record, or one unreadable or gone: look further back
+        return None
+
+    def verify(
+        self, target: str, *, deep: bool, progress: Progress | None = None
+    ) -> list[VerifyReport]:
+        """Verify one checkpoint (``op/worker/seq``) or every checkpoint of an operation."""
+        maintenance = self._maintenance()
+        if "/" in target:
+            parse_checkpoint_id(target)
+            ids = [target]
+        else:
+            ids = [p.checkpoint_id for p in self.resume_points(target)]
+        reports = []
+        for i, cid in enumerate(ids, 1):
+            reports.append(maintenance.verify(cid, deep=deep))
+            if progress is not None:
+                progress(i, len(ids))
+        return reports
+
+    # -- plans and restores --------------------------------------------------------------
+
+    def plan(
+        self, operation_id: str, mode: ResumeMode = ResumeMode.LAST_CHECKPOINT
+    ) -> tuple[RecoveryPlan, int]:
+        """The recovery plan the operation would get now, and the published generation."""
+        plan = self._manager.plan_recovery(operation_id, mode)
+        current = self._manager.current_plan(operation_id)
+        return plan, current.generation if current is not None else 0
+
+    def restore(
+        self,
+        operation_id: str,
+        worker_id: str,
+        mode: ResumeMode,
+        dest: Path | None = None,
+        *,
+        chooser: rsm.Chooser | None = None,
+        on_file: Callable[[str, Path], None] | None = None,
+    ) -> RestoreResult | None:
+        """Resume ``worker_id`` by ``mode`` without taking its lease, and write the state
+        (``state.json``) and every attachment into ``dest`` when given. None: the chosen
+        checkpoint could not be restored (it fails verification).
+
+        Raises:
+            InvalidStateError: ``dest`` holds a file of the same name (nothing overwritten).
+        """
+        with ResumeSystem(self.config, worker_id) as rs:
+            context = rs.resume_from_checkpoint(operation_id, mode, chooser=chooser)
+            if context is None:
+                return None
+            files = _write_out(context, dest, on_file) if dest is not None else {}
+        return RestoreResult(context=context, files=files)
+
+    # -- maintenance ---------------------------------------------------------------------
+
+    def retention(
+        self, operation_id: str | None = None, *, dry_run: bool = False
+    ) -> dict[str, dict[str, list[int]]]:
+        """Apply retention (``max_checkpoints``, ``cleanup_age``) to one operation or all;
+        return, per operation and worker, the seqs removed (or that would be)."""
+        maintenance = self._maintenance()
+        _, _, catalog = self._open()
+        ops = [check_id(operation_id, "operation id")] if operation_id else catalog.operations()
+        out: dict[str, dict[str, list[int]]] = {}
+        for op in ops:
+            expired = maintenance.expired(op, None, self.config)
+            if expired and not dry_run:
+                maintenance.cleanup(op, None, self.config)
+            if expired:
+                out[op] = expired
+        return out
+
+    def rebuild_index(self) -> RebuildReport:
+        """Rebuild every index and fence from the store's commit records."""
+        repo, coord, _ = self._open()
+        return rebuild_from_store(coord, repo)
+
+    def statistics(self) -> Any:
+        return self._manager.get_global_statistics()
+
+
+def _write_out(
+    context: ResumeContext, dest: Path, on_file: Callable[[str, Path], None] | None
+) -> dict[str, Path]:
+    names = [STATE_FILE, *context.attachment_names]
+    clash = [n for n in names if (dest / n).exists()]
+    if clash:
+        raise InvalidStateError(f"{dest / clash[0]} exists: restore into an empty folder")
+    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = {"state": dest / STATE_FILE}
+    text = json.dumps(dict(context.state), indent=2, sort_keys=True, default=str)
+    fd = os.open(files["state"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text + "\n")
+    if on_file is not None:
+        on_file("state", files["state"])
+    for name in context.attachment_names:
+        files[name] = context.restore_attachment(name, dest / name)
+        if on_file is not None:
+            on_file(name, files[name])
+    return files
+
+
+def _worker_view(
+    operation_id: str, slot: SlotState, progress: float | None, history: list[CheckpointSummary]
+) -> WorkerView:
+    checkpoints = [s for s in history if s.kind == "checkpoint"]
+    latest = checkpoints[-1] if checkpoints else None
+    return WorkerView(
+        worker_id=slot.worker_id,
+        lease=_health(slot),
+        lease_ms=slot.lease_ms,
+        fence=slot.fence,
+        progress=progress,
+        checkpoints=len(checkpoints),
+        latest=None if latest is None else f"{operation_id}/{slot.worker_id}/{latest.seq}",
+        latest_at=None if latest is None else datetime.fromisoformat(latest.created_at),
+    )
+
+
+def _health(slot: SlotState) -> LeaseHealth:
+    if slot.done:
+        return LeaseHealth.DONE
+    if slot.lease_ms is not None:
+        return LeaseHealth.HELD
+    return LeaseHealth.EXPIRED if slot.fence else LeaseHealth.NEVER
+
+
+def _store_only(operation_id: str, histories: dict[str, list[CheckpointSummary]]) -> OperationView:
+    """An operation the backend does not know (lost, or another backend's): the store's view."""
+    workers = tuple(
+        _worker_view(operation_id, _stored_slot(w, h), None, h)
+        for w, h in sorted(histories.items())
+    )
+    return OperationView(
+        operation_id=operation_id,
+        status="unknown",
+        created_at=None,
+        generation=0,
+        workers=workers,
+        logical_bytes=_logical(histories),
+    )
+
+
+def _stored_slot(worker: str, history: list[CheckpointSummary]) -> SlotState:
+    fence = max((s.fence for s in history), default=0)
+    return SlotState(worker_id=worker, fence=fence, lease_ms=None, done=False)
+
+
+def _logical(histories: dict[str, list[CheckpointSummary]]) -> int:
+    return sum(s.size for h in histories.values() for s in h if s.kind == "checkpoint")
+
+
+def _chunk_ids(manifest: Manifest) -> set[str]:
+    return {c.id for part in manifest.parts.values() for c in part.chunks}
+
+
+def _chunk_sizes(manifest: Manifest) -> dict[str, int]:
+    return {c.id: c.size for part in manifest.parts.values() for c in part.chunks}
+
+
+def _part_view(name: str, part: PartRef, old: set[str]) -> PartView:
+    seen: set[str] = set()
+    new = 0
+    for c in part.chunks:
+        if c.id not in old and c.id not in seen:
+            new += c.size
+        seen.add(c.id)
+    return PartView(
+        name=name.removeprefix(ATTACHMENT_PREFIX),
+        size=part.size,
+        chunks=len(part.chunks),
+        inline=part.inline is not None,
+        new_bytes=new,
+    )
+
+
+def _stored_bytes(repo: Repository, ids: list[str]) -> int:
+    """Encoded bytes of the chunks in the store (a missing chunk counts 0)."""
+
+    def size(cid: str) -> int:
+        info = repo.store.head(ChunkId.parse(cid).store_key)
+        return info.size if info is not None else 0
+
+    with ThreadPoolExecutor(8, thread_name_prefix="bbp-admin") as pool:
+        return sum(pool.map(size, ids))
+
+
+__all__ = ["Admin", "CheckpointMetadata", "RestoreResult"]

@@ -1,0 +1,75 @@
+"""``config show | validate``: the effective configuration and what is wrong with it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from bbp_dist_resume.api import utils
+from bbp_dist_resume.api.admin import Admin
+from bbp_dist_resume.cli import output as out
+from bbp_dist_resume.cli.app import App, CheckFailed, pass_app
+from bbp_dist_resume.config import CheckpointConfig
+from bbp_dist_resume.errors import BBPError, ConfigError
+
+
+@click.group("config")
+def config_group() -> None:
+    """Show or check the effective configuration (file < BBP_* < flags)."""
+
+
+@config_group.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def show(app: App, as_json: bool) -> None:
+    """Every field's effective value and where it came from; secrets are masked."""
+    config = app.config()
+    flags: dict[str, Any] = {
+        k: v for k, v in (("store_url", app.store), ("coord_url", app.coord)) if v
+    }
+    sources = CheckpointConfig.sources(app.config_file, **flags)
+    values = _shown(config)
+    if as_json:
+        out.emit_json(app.out, {f: {"value": v, "source": sources[f]} for f, v in values.items()})
+        return
+    rows = [[f, v, sources[f]] for f, v in values.items()]
+    out.table(app.out, None, ("FIELD", "VALUE", "SOURCE"), rows)
+
+
+def _shown(config: CheckpointConfig) -> dict[str, Any]:
+    # model_dump(mode="json") masks SecretStr values as "**********".
+    data = config.model_dump(mode="json", exclude={"best_fn", "chooser"})
+    return {k: v for k, v in data.items()}
+
+
+@config_group.command("validate")
+@click.option("--connect", is_flag=True, help="Also open the store and the coordination backend.")
+@pass_app
+def validate(app: App, connect: bool) -> None:
+    """Check the configuration; exit code 3 with every problem listed when it is not valid.
+
+    --connect also opens the store (bucket, credentials, keys) and the backend.
+    """
+    try:
+        config = app.config()
+    except ConfigError as exc:
+        for field, why in exc.problems:
+            app.out.print(f"{field}: {why}" if field else why, markup=False)
+        raise CheckFailed(f"{len(exc.problems)} problems in the configuration") from None
+    advice = utils.validate_config(config)
+    for line in advice:
+        app.out.print(f"warning: {line}", markup=False)
+    if connect:
+        _connect(config)
+    app.out.print("configuration is valid" + (" and reachable" if connect else ""), markup=False)
+
+
+def _connect(config: CheckpointConfig) -> None:
+    try:
+        Admin(config).close()
+    except BBPError as exc:
+        raise CheckFailed(f"cannot open the store or the backend: {exc}") from None
+
+
+COMMANDS = [config_group]

@@ -1,0 +1,56 @@
+"""``retention`` and ``rebuild-index``: housekeeping of the store and the index."""
+
+from __future__ import annotations
+
+import click
+
+from bbp_dist_resume.cli import output as out
+from bbp_dist_resume.cli.app import App, pass_app
+
+
+@click.command()
+@click.argument("operation", required=False)
+@click.option("--dry-run", is_flag=True, help="Only show what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def retention(app: App, operation: str | None, dry_run: bool, as_json: bool) -> None:
+    """Apply retention (max_checkpoints, cleanup_age) to one operation or to all.
+
+    Never removes a worker's newest checkpoint, an entry of the current plan or recovery
+    line, or a takeover record. The chunks they used are freed later by `gc`.
+    """
+    with app.admin() as admin:
+        removed = admin.retention(operation, dry_run=dry_run)
+    if as_json:
+        out.emit_json(app.out, {"dry_run": dry_run, "removed": removed})
+        return
+    verb = "would remove" if dry_run else "removed"
+    rows = [
+        [op, worker, len(seqs), ", ".join(map(str, seqs))]
+        for op, workers in sorted(removed.items())
+        for worker, seqs in sorted(workers.items())
+    ]
+    total = sum(len(seqs) for workers in removed.values() for seqs in workers.values())
+    out.table(app.out, None, ("OPERATION", "WORKER", "COUNT", "SEQS"), rows)
+    app.out.print(f"{verb} {total} checkpoints", markup=False)
+
+
+@click.command("rebuild-index")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def rebuild_index(app: App, as_json: bool) -> None:
+    """Rebuild every checkpoint index and fencing counter from the store's commit records
+    (after the coordination backend lost its data). Safe to run again."""
+    with app.admin() as admin:
+        report = admin.rebuild_index()
+    if as_json:
+        out.emit_json(app.out, report)
+        return
+    app.out.print(
+        f"rebuilt {report.operations} operations: {report.entries_added} index entries added, "
+        f"{len(report.fences)} fencing counters at or above every fence in the store",
+        markup=False,
+    )
+
+
+COMMANDS = [retention, rebuild_index]
