@@ -23,7 +23,12 @@ from rich.console import Console
 from bbp_dist_resume.api.admin import Admin
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.errors import BBPError
+from bbp_dist_resume.logs import FIELDS, install_context_filter, json_handler
 
+# Structured fields (bbp_dist_resume.logs) show where they apply.
+_TEXT_FORMAT = (
+    "%(asctime)s %(levelname)s %(name)s [%(operation)s %(worker)s %(checkpoint)s] %(message)s"
+)
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_USAGE = 2
@@ -129,11 +134,29 @@ def _debug_asked(argv: list[str] | None) -> bool:
 def setup_logging(debug: bool, log_format: str) -> None:
     """Log to stderr, as text or one JSON object a line: warnings and up (a service
     command lowers it to info with :func:`service_logging`), everything with --debug."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    if log_format == "json":
+        handler = json_handler(sys.stderr)
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(TextFormatter())
+        install_context_filter(handler)  # other libraries' records get the fields too
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if debug else logging.WARNING)
+
+
+class TextFormatter(logging.Formatter):
+    """``time level logger: message  operation=... worker=... checkpoint=...``, the
+    structured fields (``bbp_dist_resume.logs``) only where they apply."""
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = super().format(record)
+        fields = [(f, getattr(record, f, "")) for f in FIELDS]
+        shown = " ".join(f"{name}={value}" for name, value in fields if value)
+        return f"{line}  {shown}" if shown else line
 
 
 def service_logging() -> None:
