@@ -20,6 +20,7 @@ from bbp_dist_resume.api.callbacks import Callbacks
 from bbp_dist_resume.api.catalog import metadata_of
 from bbp_dist_resume.api.committer import Committer
 from bbp_dist_resume.api.maintenance import Maintenance
+from bbp_dist_resume.api.metrics import recorder, written_between
 from bbp_dist_resume.api.session import CommitRequest, WorkerSession
 from bbp_dist_resume.api.snapshot import Attachment, Snapshot, take_snapshot
 from bbp_dist_resume.api.state import StateMachine
@@ -27,9 +28,9 @@ from bbp_dist_resume.api.stats import StatsRecorder
 from bbp_dist_resume.api.sysinfo import SystemProbe
 from bbp_dist_resume.config import CheckpointConfig, CheckpointStrategy
 from bbp_dist_resume.errors import BBPError, CheckpointFailed, InvalidCheckpoint, LeaseLostError
-from bbp_dist_resume.logs import get_logger
+from bbp_dist_resume.logs import get_logger, log_context
 from bbp_dist_resume.policy import Boundary, CheckpointSchedule, SchedulePolicy
-from bbp_dist_resume.repository import CheckpointMeta
+from bbp_dist_resume.repository import CheckpointMeta, RepositoryStats
 
 log = get_logger("bbp_dist_resume")
 
@@ -103,12 +104,12 @@ class Checkpointer:
             self._p.machine.checkpoint_finished()
             raise
         if not args.blocking:
-            self._blocked(started, request.progress)
+            self._blocked(session, started, request.progress)
             return fut
         try:
             return fut.result()
         finally:
-            self._blocked(started, request.progress)
+            self._blocked(session, started, request.progress)
 
     def if_due(
         self,
@@ -141,9 +142,10 @@ class Checkpointer:
         session.set_progress(float(percent))
         self._p.callbacks.call("progress", session.operation.operation_id, float(percent))
 
-    def _blocked(self, started: float, progress: float) -> None:
+    def _blocked(self, session: WorkerSession, started: float, progress: float) -> None:
         seconds = time.monotonic() - started
         self._p.stats.blocked(seconds)
+        recorder().blocked(session.operation.operation_id, session.worker_id, seconds)
         with self._lock:
             self.schedule.saved(progress, seconds)
 
@@ -168,15 +170,22 @@ class Checkpointer:
         return request
 
     def _commit(self, session: WorkerSession, snap: Snapshot, request: CommitRequest) -> str:
+        with log_context(checkpoint=session.next_checkpoint_id):
+            return self._commit_logged(session, snap, request)
+
+    def _commit_logged(self, session: WorkerSession, snap: Snapshot, request: CommitRequest) -> str:
         started = time.monotonic()
+        before = session.repo_stats() if recorder().enabled else None
         try:
             manifest = session.commit(snap.parts, request)
         except LeaseLostError as exc:
             self._failed(request.stage, exc, started)
+            self._measured(session, request.stage, started, before, ok=False)
             self._p.machine.fail()
             raise
         except (BBPError, OSError) as exc:
             self._failed(request.stage, exc, started)
+            self._measured(session, request.stage, started, before, ok=False)
             if self._p.config().strict:
                 raise CheckpointFailed(request.stage, str(exc)) from exc
             return ""
@@ -184,6 +193,7 @@ class Checkpointer:
             snap.discard()
             self._p.machine.checkpoint_finished()
         self._p.stats.checkpoint(True, time.monotonic() - started)
+        self._measured(session, request.stage, started, before, ok=True)
         log.debug("checkpoint %s committed", manifest.checkpoint_id)
         self._p.callbacks.call(
             "checkpoint", manifest.checkpoint_id, metadata_of(manifest, verified=True)
@@ -191,6 +201,23 @@ class Checkpointer:
         if self._p.config().auto_cleanup:
             self._auto_cleanup(session)
         return manifest.checkpoint_id
+
+    def _measured(
+        self,
+        session: WorkerSession,
+        stage: str,
+        started: float,
+        before: RepositoryStats | None,
+        *,
+        ok: bool,
+    ) -> None:
+        """Report one commit to the metrics (``before``: None while they are off)."""
+        if before is None:
+            return
+        seconds = time.monotonic() - started
+        written = written_between(before, session.repo_stats())
+        op, worker = session.operation.operation_id, session.worker_id
+        recorder().checkpoint(op, worker, stage, ok=ok, seconds=seconds, written=written)
 
     def _failed(self, stage: str, exc: BaseException, started: float) -> None:
         self._p.stats.checkpoint(False, time.monotonic() - started, f"{stage}: {exc}")

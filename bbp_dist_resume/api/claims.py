@@ -15,7 +15,7 @@ from bbp_dist_resume.api.resume_system import ResumeSystem
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.coordination import Coordination, ReclaimClaim
 from bbp_dist_resume.errors import LeaseHeldError, UnknownOperation
-from bbp_dist_resume.logs import get_logger
+from bbp_dist_resume.logs import get_logger, log_context
 
 log = get_logger(__name__)
 _STALE_TTLS = 3
@@ -46,6 +46,13 @@ def claim_slot(coord: Coordination, config: CheckpointConfig, consumer: str) -> 
     claim = coord.reclaim_claim(consumer, stale_after_ms=stale_ms)
     if claim is None:
         return None
+    with log_context(operation=claim.operation_id, worker=claim.worker_id):
+        return _adopt(coord, config, claim)
+
+
+def _adopt(
+    coord: Coordination, config: CheckpointConfig, claim: ReclaimClaim
+) -> ClaimedSlot | None:
     rs = ResumeSystem(config, claim.worker_id)
     try:
         rs.start_monitoring(claim.operation_id)

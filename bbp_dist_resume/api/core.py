@@ -5,14 +5,17 @@ checkpointer, the resumer and the guard share. ``ResumeSystem`` adds the public 
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
-from typing import Any, Self
+from collections.abc import Callable
+from typing import Any, Concatenate, ParamSpec, Self, TypeVar
 
 from bbp_dist_resume.api.callbacks import Callbacks
 from bbp_dist_resume.api.catalog import Catalog
 from bbp_dist_resume.api.checkpointer import Checkpointer, Plumbing
 from bbp_dist_resume.api.maintenance import Maintenance
+from bbp_dist_resume.api.metrics import start_configured_exporter
 from bbp_dist_resume.api.models import ResumeState
 from bbp_dist_resume.api.runtime import Runtime
 from bbp_dist_resume.api.session import WorkerSession
@@ -27,10 +30,26 @@ from bbp_dist_resume.errors import (
     UnknownOperation,
 )
 from bbp_dist_resume.ids import check_id
-from bbp_dist_resume.logs import get_logger
+from bbp_dist_resume.logs import get_logger, log_context
 from bbp_dist_resume.repository import Manifest, Repository
 
 log = get_logger("bbp_dist_resume")
+P = ParamSpec("P")
+R = TypeVar("R")
+S = TypeVar("S", bound="SystemCore")
+
+
+def scoped(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
+    """``method`` run with the system's log fields: its worker, and the operation it
+    monitors (when it monitors one). Every public entry point that may log, or start a
+    thread that logs, is scoped."""
+
+    @functools.wraps(method)
+    def call(system: S, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        with log_context(worker=system.worker_id, operation=system.operation_id):
+            return method(system, *args, **kwargs)
+
+    return call
 
 
 class SystemCore:
@@ -52,10 +71,17 @@ class SystemCore:
 
     # -- life cycle ----------------------------------------------------------------------
 
+    @scoped
     def initialize(self) -> bool:
-        """Open the store and the coordination backend (idempotent)."""
+        """Open the store and the coordination backend (idempotent); start the metrics
+        exporter when ``metrics_port`` is set and none runs in the process yet.
+
+        Raises:
+            ConfigError: the metrics exporter cannot start (see ``metrics_port``).
+        """
         with self._lock:
             if self._rt is None:
+                start_configured_exporter(self._config)
                 plumbing = Plumbing(
                     machine=self._machine,
                     stats=self._stats,
@@ -67,6 +93,7 @@ class SystemCore:
                 self._stats.reset(self._rt.repo.stats())
             return True
 
+    @scoped
     def shutdown(self) -> None:
         """Finish pending checkpoints, release the lease (if held) and close everything."""
         with self._lock:
@@ -96,6 +123,17 @@ class SystemCore:
         while a live owner holds it), take the slot over in the store, start heartbeats."""
         check_id(operation_id, "operation id")
         self.initialize()
+        # The heartbeat thread started here keeps these log fields for its lifetime.
+        with log_context(worker=self.worker_id, operation=operation_id):
+            return self._monitor(operation_id, pipeline_config_path, workers, stages)
+
+    def _monitor(
+        self,
+        operation_id: str,
+        pipeline_config_path: str,
+        workers: list[str] | None,
+        stages: list[str] | None,
+    ) -> bool:
         with self._lock:
             if self._session is not None:
                 if self._session.operation.operation_id == operation_id and not self._session.lost:
@@ -125,6 +163,7 @@ class SystemCore:
         log.info("monitoring %s as %s", operation_id, self.worker_id)
         return True
 
+    @scoped
     def stop_monitoring(self) -> None:
         """Finish pending checkpoints and release the lease without finishing: the
         coordinator will see this worker as crashed unless ``complete()`` is called."""
@@ -132,6 +171,7 @@ class SystemCore:
             if self._session is not None:
                 self._end_session(done=False, target=ResumeState.PAUSED)
 
+    @scoped
     def complete(self) -> bool:
         """Mark this worker done; True when that completed the whole operation."""
         with self._lock:

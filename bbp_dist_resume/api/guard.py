@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from bbp_dist_resume.config import CheckpointGranularity
 from bbp_dist_resume.errors import BBPError, InvalidCheckpoint, InvalidStateError
 from bbp_dist_resume.ids import check_id
-from bbp_dist_resume.logs import get_logger
+from bbp_dist_resume.logs import get_logger, log_context
 from bbp_dist_resume.policy import Boundary
 
 if TYPE_CHECKING:
@@ -97,7 +97,8 @@ class CheckpointGuard:
             self.force_checkpoint()
         except BBPError as err:
             # The task's own exception is the one the caller must see.
-            log.warning("final checkpoint of failed stage %s not taken: %s", self._stage, err)
+            with log_context(operation=self._op, worker=self._rs.worker_id):
+                log.warning("final checkpoint of failed stage %s not taken: %s", self._stage, err)
 
 
 AutoCheckpointGuard = CheckpointGuard

@@ -25,6 +25,7 @@ from bbp_dist_resume.api.catalog import Catalog, Histories
 from bbp_dist_resume.api.claims import ClaimedSlot, claim_slot
 from bbp_dist_resume.api.globalstats import global_statistics
 from bbp_dist_resume.api.launch import Launcher, Launches, check_launcher
+from bbp_dist_resume.api.metrics import recorder, start_configured_exporter
 from bbp_dist_resume.api.models import ResumeMode, ResumeStatistics
 from bbp_dist_resume.api.resume_system import ResumeSystem
 from bbp_dist_resume.api.session import repair_index
@@ -33,7 +34,7 @@ from bbp_dist_resume.coordination import Coordination, open_coordination
 from bbp_dist_resume.coordination.rebuild import rebuild_from_store
 from bbp_dist_resume.errors import BBPError, InvalidStateError, UnknownOperation
 from bbp_dist_resume.ids import check_id
-from bbp_dist_resume.logs import get_logger
+from bbp_dist_resume.logs import get_logger, log_context
 from bbp_dist_resume.policy import ResumeSelection
 from bbp_dist_resume.policy.plan import RecoveryPlan, build_plan
 from bbp_dist_resume.repository import Repository, open_repository
@@ -97,6 +98,7 @@ class ResumeSystemManager:
                 return True
             self._stop.clear()
             self._config = config or self._config
+            start_configured_exporter(self._config)
             repo = open_repository(None, self._config)
             try:
                 self._coord = open_coordination(self._config.coord_url)
@@ -117,6 +119,7 @@ class ResumeSystemManager:
             if self._coord is not None:
                 if self.is_leader:
                     self._coord.release_leader(self.coordinator_id)
+                    recorder().leadership(self.coordinator_id, False)
                 self._coord.close()
             if self._catalog is not None:
                 self._catalog.close()
@@ -205,7 +208,8 @@ class ResumeSystemManager:
         a plan was published (there was something to recover)."""
         check_id(operation_id, "operation id")
         crashed = [w for op, w in self._coordination().crashed_workers() if op == operation_id]
-        return self._recover(operation_id, crashed)
+        with log_context(operation=operation_id):
+            return self._recover(operation_id, crashed)
 
     def _recover(self, operation_id: str, crashed: list[str]) -> bool:
         coord = self._coordination()
@@ -224,18 +228,22 @@ class ResumeSystemManager:
             operation_id, ResumeMode.LAST_CHECKPOINT, restores, relaunched=due, histories=histories
         )
         published = coord.publish_plan(operation_id, plan.to_body())
+        recorder().plan_published(operation_id)
         log.info("plan %s of %s published for crashed %s", published.generation, operation_id, due)
         for worker in due:
-            self._relaunch(coord, operation_id, worker)
+            with log_context(worker=worker):
+                self._relaunch(coord, operation_id, worker)
         return True
 
     def _due(self, coord: Coordination, op: str, worker: str) -> bool:
+        """Whether to recover the crashed slot now: a crash not handled yet (counted in
+        the metrics), or one whose relaunch nobody took up within 3 TTLs."""
         handled = self._handled.get((op, worker))
-        if handled is None:
+        if handled is None or coord.fence_of(op, worker) != handled[0]:
+            recorder().crash_detected(op)
             return True
-        fence, when = handled
         ttl = self._config.lease_ttl.total_seconds()
-        return coord.fence_of(op, worker) != fence or time.monotonic() - when > _RELAUNCH_TTLS * ttl
+        return time.monotonic() - handled[1] > _RELAUNCH_TTLS * ttl
 
     def _count_failed_restores(
         self, crashed: list[str], previous: RecoveryPlan | None, histories: Histories
@@ -268,6 +276,7 @@ class ResumeSystemManager:
     def _relaunch(self, coord: Coordination, op: str, worker: str) -> None:
         self._handled[(op, worker)] = (coord.fence_of(op, worker), time.monotonic())
         coord.reclaim_push(op, worker)
+        recorder().relaunched(op)
         launcher = self._launchers.get(op) or self._launchers.get(_ANY)
         if launcher is None:
             return
@@ -285,6 +294,7 @@ class ResumeSystemManager:
         assert self._repo is not None
         report = rebuild_from_store(coord, self._repo)
         self._handled.clear()
+        recorder().data_loss_repaired()
         log.warning("backend data loss: rebuilt %s operations from the store", report.operations)
         return True
 
@@ -322,19 +332,27 @@ class ResumeSystemManager:
         # Either event ends the loop: the caller's, or shutdown()'s own.
         while not (stopped() or self._stop.is_set()) and (max_scans is None or scans < max_scans):
             scans += 1
-            try:
-                self._scan(ttl_ms)
-            except BBPError as exc:
-                log.warning("coordinator scan failed: %s", exc)
-            except Exception:  # the loop outlives any one bad scan
-                log.exception("coordinator scan failed")
+            self._scan_once(ttl_ms)
             deadline = time.monotonic() + interval
             while time.monotonic() < deadline and not (stopped() or self._stop.is_set()):
                 self._stop.wait(min(0.05, interval))
 
+    def _scan_once(self, ttl_ms: int) -> None:
+        started = time.monotonic()
+        try:
+            self._scan(ttl_ms)
+        except BBPError as exc:
+            log.warning("coordinator scan failed: %s", exc)
+        except Exception:  # the loop outlives any one bad scan
+            log.exception("coordinator scan failed")
+        recorder().scanned(self.coordinator_id, time.monotonic() - started)
+
     def _scan(self, ttl_ms: int) -> None:
         coord = self._coordination()
+        was_leader = self.is_leader
         self.is_leader = coord.acquire_leader(self.coordinator_id, ttl_ms=ttl_ms)
+        if self.is_leader != was_leader:
+            recorder().leadership(self.coordinator_id, self.is_leader)
         if not self.is_leader:
             return
         self.recover_from_data_loss()
@@ -342,7 +360,8 @@ class ResumeSystemManager:
         for op, worker in coord.crashed_workers():
             crashed.setdefault(op, []).append(worker)
         for op, workers in sorted(crashed.items()):
-            self._recover(op, workers)
+            with log_context(operation=op):
+                self._recover(op, workers)
 
     def stop(self) -> None:
         self._stop.set()

@@ -17,7 +17,7 @@ from bbp_dist_resume.api.checkpointer import (
     CheckpointArgs,
     schedule_policy,
 )
-from bbp_dist_resume.api.core import SystemCore
+from bbp_dist_resume.api.core import SystemCore, scoped
 from bbp_dist_resume.api.models import (
     CheckpointMetadata,
     ResumeContext,
@@ -30,7 +30,7 @@ from bbp_dist_resume.api.snapshot import Attachment
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.errors import InvalidStateError
 from bbp_dist_resume.ids import check_id
-from bbp_dist_resume.logs import get_logger
+from bbp_dist_resume.logs import get_logger, log_context
 from bbp_dist_resume.policy import Boundary
 from bbp_dist_resume.repository import RepositoryStats
 
@@ -124,8 +124,13 @@ class ResumeSystem(SystemCore):
             epoch=epoch,
             blocking=blocking,
         )
+        return self._create(args)
+
+    @scoped
+    def _create(self, args: CheckpointArgs) -> str | Future[str]:
         return self._ckpt().create(self._require_session(), args)
 
+    @scoped
     def create_automatic_checkpoint(
         self, stage_name: str, pipeline_state: Mapping[str, Any], progress_percentage: float = 0.0
     ) -> str | None:
@@ -136,6 +141,7 @@ class ResumeSystem(SystemCore):
         ckpt.last_stage = stage_name
         return self.checkpoint_if_due(stage_name, pipeline_state, progress_percentage, boundary)
 
+    @scoped
     def checkpoint_if_due(
         self,
         stage_name: str,
@@ -161,17 +167,20 @@ class ResumeSystem(SystemCore):
 
     # -- listing and resuming ------------------------------------------------------------
 
+    @scoped
     def can_resume(self, operation_id: str) -> bool:
         """True when the operation has at least one checkpoint to resume from."""
         check_id(operation_id, "operation id")
         histories = self._cat().histories(operation_id)
         return any(s.kind == "checkpoint" for entries in histories.values() for s in entries)
 
+    @scoped
     def get_available_resume_points(self, operation_id: str) -> list[CheckpointMetadata]:
         """Every checkpoint of the operation, oldest first."""
         check_id(operation_id, "operation id")
         return self._cat().resume_points(operation_id)
 
+    @scoped
     def list_checkpoints(self, operation_id: str = "") -> list[str]:
         """Checkpoint ids of one operation (or of all, with ``""``), by operation, worker, seq."""
         ops = [check_id(operation_id, "operation id")] if operation_id else self._cat().operations()
@@ -181,6 +190,7 @@ class ResumeSystem(SystemCore):
                 out += [f"{op}/{worker}/{s.seq}" for s in entries if s.kind == "checkpoint"]
         return out
 
+    @scoped
     def resume_from_checkpoint(
         self,
         checkpoint_id: str,
@@ -204,12 +214,14 @@ class ResumeSystem(SystemCore):
             chooser or self._config.chooser,
         )
 
+    @scoped
     def resume_automatically(self, operation_id: str) -> ResumeContext | None:
         """Resume this worker from the published plan, else the recovery line, falling
         back past checkpoints that fail verification. None: start clean."""
         check_id(operation_id, "operation id")
         return self._resumer().automatically(operation_id)
 
+    @scoped
     def open_checkpoint(self, checkpoint_id: str) -> ResumeContext:
         """Read any checkpoint (this worker's or another's) without resuming from it: its
         state, attachments and offsets, verified like a restore. Nothing about this
@@ -219,7 +231,8 @@ class ResumeSystem(SystemCore):
             InvalidIdentifier; ObjectNotFound: no such checkpoint; IntegrityError.
         """
         self._runtime()
-        return Resumer(self).peek(checkpoint_id)
+        with log_context(checkpoint=checkpoint_id):
+            return Resumer(self).peek(checkpoint_id)
 
     def _resumer(self) -> Resumer:
         self._runtime()
@@ -227,18 +240,23 @@ class ResumeSystem(SystemCore):
 
     # -- maintenance ---------------------------------------------------------------------
 
+    @scoped
     def verify_checkpoint(self, checkpoint_id: str, deep: bool = False) -> bool:
         """True when the checkpoint is intact (quick: every chunk present; deep: every
         chunk read and re-hashed). False when it is missing or damaged."""
-        return self._maint().verify(checkpoint_id, deep=deep).ok
+        with log_context(checkpoint=checkpoint_id):
+            return self._maint().verify(checkpoint_id, deep=deep).ok
 
+    @scoped
     def delete_checkpoint(self, checkpoint_id: str) -> bool:
         """Delete one checkpoint; False when there was none. Refuses (``InvalidCheckpoint``)
         the worker's highest record (it fences earlier owners) and plan entries."""
-        deleted = self._maint().delete(checkpoint_id)
+        with log_context(checkpoint=checkpoint_id):
+            deleted = self._maint().delete(checkpoint_id)
         self._cat().forget(checkpoint_id)
         return deleted
 
+    @scoped
     def cleanup_old_checkpoints(self) -> int:
         """Apply retention (``max_checkpoints``, ``cleanup_age``) to the monitored
         operation, or to every operation when not monitoring; returns how many went."""

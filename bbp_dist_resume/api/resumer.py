@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bbp_dist_resume.api import resume as rsm
+from bbp_dist_resume.api.metrics import recorder
 from bbp_dist_resume.api.models import CheckpointMetadata, ResumeContext, ResumeMode
 from bbp_dist_resume.errors import (
     IntegrityError,
@@ -15,7 +16,7 @@ from bbp_dist_resume.errors import (
     UnknownOperation,
 )
 from bbp_dist_resume.ids import check_id, parse_checkpoint_id
-from bbp_dist_resume.logs import get_logger
+from bbp_dist_resume.logs import get_logger, log_context
 from bbp_dist_resume.policy import ResumeSelection
 from bbp_dist_resume.policy.recovery import Point
 from bbp_dist_resume.repository import Manifest
@@ -35,13 +36,16 @@ class Resumer:
     def __init__(self, rs: ResumeSystem) -> None:
         self._rs = rs
         self._started = time.monotonic()
+        self._operation = ""
 
     # -- entry points --------------------------------------------------------------------
 
     def automatically(self, operation_id: str) -> ResumeContext | None:
+        self._operation = operation_id
         self._rs._machine.recovery_started()
         try:
-            return self._automatically(operation_id)
+            with log_context(operation=operation_id):
+                return self._automatically(operation_id)
         finally:
             self._rs._machine.recovery_finished()
 
@@ -53,21 +57,33 @@ class Resumer:
         chooser: rsm.Chooser | None,
     ) -> ResumeContext | None:
         operation_id, exact = _parse_target(target)
+        self._operation = operation_id
         self._rs._machine.recovery_started()
         try:
-            if mode is ResumeMode.FULL_RESTART:
-                return self._fresh(operation_id, "full restart asked", mode)
-            choice = self._choose(operation_id, exact, mode, best_fn, chooser)
-            if choice.checkpoint_id is None:
-                return self._fresh(operation_id, choice.reason, mode)
-            try:
-                return self._restore(choice, mode)
-            except _UNRESTORABLE as exc:
-                self._rs._cat().set_damaged(choice.checkpoint_id, True)
-                self._report(choice.checkpoint_id, None, ok=False, why=str(exc))
-                return None
+            with log_context(operation=operation_id, checkpoint=exact):
+                return self._from_target(operation_id, exact, mode, best_fn, chooser)
         finally:
             self._rs._machine.recovery_finished()
+
+    def _from_target(
+        self,
+        operation_id: str,
+        exact: str | None,
+        mode: ResumeMode,
+        best_fn: rsm.BestFn | None,
+        chooser: rsm.Chooser | None,
+    ) -> ResumeContext | None:
+        if mode is ResumeMode.FULL_RESTART:
+            return self._fresh(operation_id, "full restart asked", mode)
+        choice = self._choose(operation_id, exact, mode, best_fn, chooser)
+        if choice.checkpoint_id is None:
+            return self._fresh(operation_id, choice.reason, mode)
+        try:
+            return self._restore(choice, mode)
+        except _UNRESTORABLE as exc:
+            self._rs._cat().set_damaged(choice.checkpoint_id, True)
+            self._report(choice.checkpoint_id, None, ok=False, why=str(exc))
+            return None
 
     # -- choosing ------------------------------------------------------------------------
 
@@ -172,6 +188,11 @@ class Resumer:
 
     def _restore(self, choice: rsm.Choice, mode: ResumeMode) -> ResumeContext:
         assert choice.checkpoint_id is not None
+        with log_context(checkpoint=choice.checkpoint_id):
+            return self._restore_logged(choice, mode)
+
+    def _restore_logged(self, choice: rsm.Choice, mode: ResumeMode) -> ResumeContext:
+        assert choice.checkpoint_id is not None
         rs = self._rs
         _, repo = rs._require_open()
         manifest = rs._cat().manifest(choice.checkpoint_id)
@@ -197,7 +218,9 @@ class Resumer:
     ) -> None:
         rs = self._rs
         stage = manifest.stage if manifest is not None else ""
-        rs._stats.resume(ok, time.monotonic() - self._started, stage, f"{checkpoint_id}: {why}")
+        seconds = time.monotonic() - self._started
+        rs._stats.resume(ok, seconds, stage, f"{checkpoint_id}: {why}")
+        recorder().resumed(self._operation, rs.worker_id, ok=ok, seconds=seconds)
         if ok:
             log.info("resumed %s from %s", rs.worker_id, checkpoint_id or "a clean start")
         else:

@@ -19,6 +19,7 @@ from typing import Any
 
 from bbp_dist_resume.api.catalog import store_history
 from bbp_dist_resume.api.faults import fault
+from bbp_dist_resume.api.metrics import recorder
 from bbp_dist_resume.coordination import Coordination
 from bbp_dist_resume.coordination.heartbeat import Heartbeat
 from bbp_dist_resume.coordination.models import CheckpointSummary, Lease, OperationInfo
@@ -31,7 +32,7 @@ from bbp_dist_resume.errors import (
     StoreError,
 )
 from bbp_dist_resume.logs import get_logger
-from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository
+from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository, RepositoryStats
 
 log = get_logger(__name__)
 _INDEX_ATTEMPTS = 5
@@ -73,6 +74,7 @@ class WorkerSession:
         self._elapsed_before = 0.0
         self._started = time.monotonic()
         self._lost = threading.Event()
+        self._lost_lock = threading.Lock()
         self._uncertain: Manifest | None = None
         # The seq of this worker's checkpoint its state is at (0: none), and the plan
         # generation it has seen: a newer plan whose entry is behind it is a rollback.
@@ -116,7 +118,7 @@ class WorkerSession:
             coord,
             lease,
             interval=interval_s,
-            on_lost=lambda _l: session._lost.set(),
+            on_lost=lambda _l: session._lose(),
             on_beat=beat,
         )
         session = cls(
@@ -146,6 +148,24 @@ class WorkerSession:
     @property
     def next_seq(self) -> int:
         return self._next_seq
+
+    @property
+    def next_checkpoint_id(self) -> str:
+        """The id the next commit takes (one more when a previous commit record whose
+        outcome was unknown turns out to have landed first)."""
+        return f"{self.operation.operation_id}/{self.worker_id}/{self._next_seq}"
+
+    def repo_stats(self) -> RepositoryStats:
+        """The repository's byte and chunk counters (for the metrics of one commit)."""
+        return self._repo.stats()
+
+    def _lose(self) -> None:
+        """The slot is lost for good; counted once, whoever finds out first."""
+        with self._lost_lock:
+            if self._lost.is_set():
+                return
+            self._lost.set()
+        recorder().lease_lost(self.operation.operation_id, self.worker_id)
 
     def elapsed(self) -> float:
         """Seconds of work behind the next checkpoint: restored ones plus this session's."""
@@ -228,6 +248,7 @@ class WorkerSession:
         if isinstance(seq, int) and seq < self._state_seq and self._behind(plan.body, entry):
             rollback = RollbackRequested(op, plan.generation, entry.get("checkpoint_id"))
             self._rollback = rollback
+            recorder().rolled_back(op, worker)
             log.warning("%s", rollback)
             if self.on_rollback is not None:
                 self.on_rollback(rollback)
@@ -270,7 +291,7 @@ class WorkerSession:
         try:
             self._repo.commit(manifest)
         except CommitConflict:
-            self._lost.set()
+            self._lose()
             raise LeaseLostError(lease.operation_id, lease.worker_id, "slot taken over") from None
         except StoreError:
             # The record may have landed before the error: find out now, or before the
@@ -303,7 +324,7 @@ class WorkerSession:
             log.info("checkpoint %s landed despite the error", manifest.checkpoint_id)
             self._committed(lease, manifest)
         elif outcome == "theirs":
-            self._lost.set()
+            self._lose()
             raise LeaseLostError(lease.operation_id, lease.worker_id, "slot taken over")
 
     def _index(self, lease: Lease, manifest: Manifest) -> None:
@@ -315,7 +336,7 @@ class WorkerSession:
             except FencedError:
                 # Committed in the store (so it stays valid), but someone acquired the
                 # slot since: the next owner's takeover indexes it from the store.
-                self._lost.set()
+                self._lose()
                 raise LeaseLostError(lease.operation_id, lease.worker_id, "fenced") from None
             except CoordinationUnavailable:
                 time.sleep(0.05 * 2**attempt)
