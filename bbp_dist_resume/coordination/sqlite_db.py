@@ -183,6 +183,11 @@ def ensure_schema(db: sqlite3.Connection, path: Path) -> str:
     return str(db.execute("SELECT marker FROM instance LIMIT 1").fetchone()[0])
 
 
+# Held while this process creates a database file: no thread of it can connect to the
+# new file before its descriptor is closed (see prepare_file).
+_CREATE_LOCK = threading.Lock()
+
+
 def prepare_file(path: Path) -> None:
     """Folders 0700 and the file 0600: the index names what the store holds. SQLite
     gives its -wal and -shm files the database file's mode."""
@@ -190,7 +195,13 @@ def prepare_file(path: Path) -> None:
         missing = [p for p in (path.parent, *path.parent.parents) if not p.exists()]
         for folder in reversed(missing):
             folder.mkdir(mode=0o700, exist_ok=True)
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        # Never open (and so close) a file that may be in use: closing any descriptor
+        # of a file drops every POSIX lock the process holds on it, SQLite's included
+        # (sqlite.org/howtocorrupt.html, 2.2), and another process that then closes its
+        # last connection believes itself the last user and deletes the WAL under ours.
+        with _CREATE_LOCK, contextlib.suppress(FileExistsError):
+            if not path.exists():
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
     except OSError as exc:
         msg = f"cannot create SQLite database {str(path)!r}: {exc.strerror}"
         raise CoordinationError(msg) from exc
