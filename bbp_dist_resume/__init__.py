@@ -17,14 +17,12 @@ from bbp_dist_resume.api import (
     ResumeSystemManager,
     utils,
 )
-from bbp_dist_resume.config import (
-    CheckpointConfig,
-    CheckpointGranularity,
-    CheckpointStrategy,
+from bbp_dist_resume.api.utils import (
     create_default_config,
     create_high_frequency_config,
     create_low_overhead_config,
 )
+from bbp_dist_resume.config import CheckpointConfig, CheckpointGranularity, CheckpointStrategy
 from bbp_dist_resume.errors import (
     BBPError,
     BucketNotFound,

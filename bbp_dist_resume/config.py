@@ -82,44 +82,120 @@ class CheckpointConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
-    store_url: str = Field("file:checkpoints", min_length=1, max_length=4096)
-    strategy: CheckpointStrategy = CheckpointStrategy.HYBRID
-    granularity: CheckpointGranularity = CheckpointGranularity.MEDIUM
-    time_interval: timedelta = Field(timedelta(minutes=5), gt=timedelta(0))
-    progress_threshold: float = Field(10.0, gt=0.0, le=100.0)
-    max_checkpoints: int = Field(10, ge=1, le=100_000)
-    enable_compression: bool = True
-    enable_encryption: bool = False
-    encryption_key: SecretStr | None = None
-    decryption_keys: tuple[SecretStr, ...] = ()
-    enable_verification: bool = True
-    max_memory_threshold_mb: int = Field(1024, ge=1)
-    auto_cleanup: bool = True
-    cleanup_age: timedelta = Field(timedelta(hours=24), gt=timedelta(0))
+    store_url: str = Field(
+        "file:checkpoints",
+        min_length=1,
+        max_length=4096,
+        description="Where checkpoints live: file:DIR or s3://bucket/prefix?endpoint_url=...",
+    )
+    strategy: CheckpointStrategy = Field(
+        CheckpointStrategy.HYBRID,
+        description="When automatic checkpoints are taken: time_based, progress_based, "
+        "hybrid, manual or adaptive (Young/Daly interval).",
+    )
+    granularity: CheckpointGranularity = Field(
+        CheckpointGranularity.MEDIUM,
+        description="Where automatic checkpoints may be taken: coarse (stage boundaries), "
+        "medium (also task boundaries), fine (also progress updates).",
+    )
+    time_interval: timedelta = Field(
+        timedelta(minutes=5), gt=timedelta(0), description="time_based/hybrid: the interval."
+    )
+    progress_threshold: float = Field(
+        10.0, gt=0.0, le=100.0, description="progress_based/hybrid: points of progress."
+    )
+    max_checkpoints: int = Field(
+        10, ge=1, le=100_000, description="Retention: checkpoints kept per worker."
+    )
+    enable_compression: bool = Field(True, description="zstd-compress chunks and records.")
+    enable_encryption: bool = Field(
+        False, description="AES-256-GCM objects and keyed chunk ids; needs encryption_key."
+    )
+    encryption_key: SecretStr | None = Field(
+        None, description="Secret: a passphrase (scrypt) or base64:<32 bytes>; never shown."
+    )
+    decryption_keys: tuple[SecretStr, ...] = Field(
+        (), description="Secrets: older keys that still open old objects (comma-separated)."
+    )
+    enable_verification: bool = Field(
+        True, description="Check that every chunk exists before a restore."
+    )
+    max_memory_threshold_mb: int = Field(
+        1024, ge=1, description="adaptive: checkpoint at once above this resident size."
+    )
+    auto_cleanup: bool = Field(True, description="Apply retention after each commit.")
+    cleanup_age: timedelta = Field(
+        timedelta(hours=24), gt=timedelta(0), description="Retention: older checkpoints go."
+    )
 
-    coord_url: str = Field("sqlite:checkpoints/coord.db", min_length=1, max_length=4096)
-    lease_ttl: timedelta = Field(timedelta(seconds=30), ge=timedelta(seconds=1))
-    heartbeat_interval: timedelta = Field(timedelta(seconds=10), gt=timedelta(0))
-    upload_concurrency: int = Field(8, ge=1, le=256)
-    compression_level: int = Field(3, ge=-7, le=22)
-    chunk_min_size: int = Field(256 * 1024, ge=64, le=1 << 20)
-    chunk_avg_size: int = Field(1 << 20, ge=256, le=4 << 20)
-    chunk_max_size: int = Field(4 << 20, ge=1024, le=16 << 20)
-    inline_threshold: int = Field(4096, ge=0, le=65536)
-    allow_unsafe_store: bool = False
+    coord_url: str = Field(
+        "sqlite:checkpoints/coord.db",
+        min_length=1,
+        max_length=4096,
+        description="Leases and indexes: sqlite:FILE, redis://, rediss:// or "
+        "redis+cluster://host:port.",
+    )
+    lease_ttl: timedelta = Field(
+        timedelta(seconds=30),
+        ge=timedelta(seconds=1),
+        description="A worker that stops renewing for this long is crashed.",
+    )
+    heartbeat_interval: timedelta = Field(
+        timedelta(seconds=10),
+        gt=timedelta(0),
+        description="Lease renewal period; at most half of lease_ttl.",
+    )
+    upload_concurrency: int = Field(
+        8, ge=1, le=256, description="Parallel chunk uploads and downloads."
+    )
+    compression_level: int = Field(3, ge=-7, le=22, description="zstd level.")
+    chunk_min_size: int = Field(
+        256 * 1024, ge=64, le=1 << 20, description="FastCDC minimum chunk size (new stores)."
+    )
+    chunk_avg_size: int = Field(
+        1 << 20, ge=256, le=4 << 20, description="FastCDC average chunk size (new stores)."
+    )
+    chunk_max_size: int = Field(
+        4 << 20, ge=1024, le=16 << 20, description="FastCDC maximum chunk size (new stores)."
+    )
+    inline_threshold: int = Field(
+        4096, ge=0, le=65536, description="Parts up to this size live inside the manifest."
+    )
+    allow_unsafe_store: bool = Field(
+        False, description="Run on a store whose create-only writes failed the probe."
+    )
     # Garbage collection deletes unreferenced chunks only when older than this margin;
     # a write must commit within a quarter of it (repository/gc.py has the argument).
-    gc_safety_margin: timedelta = Field(timedelta(hours=24), ge=timedelta(seconds=4))
+    gc_safety_margin: timedelta = Field(
+        timedelta(hours=24),
+        ge=timedelta(seconds=4),
+        description="GC deletes unreferenced chunks older than this; a checkpoint must "
+        "commit within a quarter of it.",
+    )
 
-    strict: bool = False
-    quarantine_after: int = Field(3, ge=1, le=1000)
-    deterministic_producers: tuple[str, ...] = ()
-    scan_interval: timedelta = Field(timedelta(seconds=1), gt=timedelta(0))
-    max_pending_checkpoints: int = Field(2, ge=1, le=64)
-    mtbf: timedelta | None = Field(None, gt=timedelta(0))
-    detailed_logging: bool = False
-    metrics_port: int | None = Field(None, gt=0, lt=65536)
-    metrics_address: str = Field("127.0.0.1", min_length=1, max_length=253)
+    strict: bool = Field(False, description="A failed checkpoint raises CheckpointFailed.")
+    quarantine_after: int = Field(
+        3, ge=1, le=1000, description="Failed restores that quarantine a checkpoint."
+    )
+    deterministic_producers: tuple[str, ...] = Field(
+        (), description="Workers that replay identical records (comma-separated ids)."
+    )
+    scan_interval: timedelta = Field(
+        timedelta(seconds=1), gt=timedelta(0), description="Coordinator: between crash scans."
+    )
+    max_pending_checkpoints: int = Field(
+        2, ge=1, le=64, description="Non-blocking checkpoints in flight before callers wait."
+    )
+    mtbf: timedelta | None = Field(
+        None, gt=timedelta(0), description="adaptive: mean time between failures (else seen)."
+    )
+    detailed_logging: bool = Field(False, description="DEBUG logs from bbp_dist_resume.")
+    metrics_port: int | None = Field(
+        None, gt=0, lt=65536, description="Serve Prometheus metrics on this port (off: none)."
+    )
+    metrics_address: str = Field(
+        "127.0.0.1", min_length=1, max_length=253, description="Bind address of the metrics."
+    )
     # Callables are for code, not for files or the environment.
     best_fn: Callable[[Any], float] | None = Field(None, exclude=True)
     chooser: Callable[[list[Any]], Any] | None = Field(None, exclude=True)
@@ -310,35 +386,3 @@ def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
     if unknown:
         raise ConfigError(unknown)
     return out
-
-
-def create_default_config(**overrides: Any) -> CheckpointConfig:
-    """Hybrid strategy, every 5 minutes or 10 points of progress, 10 kept."""
-    return CheckpointConfig(**overrides)
-
-
-def create_high_frequency_config(**overrides: Any) -> CheckpointConfig:
-    """Checkpoint often and finely: every 30 s or 2 points, fine granularity, 50 kept."""
-    base: dict[str, Any] = {
-        "strategy": CheckpointStrategy.HYBRID,
-        "granularity": CheckpointGranularity.FINE,
-        "time_interval": timedelta(seconds=30),
-        "progress_threshold": 2.0,
-        "max_checkpoints": 50,
-        "compression_level": 1,
-    }
-    return CheckpointConfig(**(base | overrides))
-
-
-def create_low_overhead_config(**overrides: Any) -> CheckpointConfig:
-    """Checkpoint rarely: every 30 minutes or 25 points, stage boundaries only, 3 kept."""
-    base: dict[str, Any] = {
-        "strategy": CheckpointStrategy.HYBRID,
-        "granularity": CheckpointGranularity.COARSE,
-        "time_interval": timedelta(minutes=30),
-        "progress_threshold": 25.0,
-        "max_checkpoints": 3,
-        "compression_level": 1,
-        "enable_verification": False,
-    }
-    return CheckpointConfig(**(base | overrides))

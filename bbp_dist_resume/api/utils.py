@@ -7,22 +7,48 @@ import argparse
 import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from bbp_dist_resume.api.models import ResumeMode
-from bbp_dist_resume.config import (
-    CheckpointConfig,
-    CheckpointStrategy,
-    create_default_config,
-    create_high_frequency_config,
-    create_low_overhead_config,
-)
+from bbp_dist_resume.config import CheckpointConfig, CheckpointGranularity, CheckpointStrategy
 from bbp_dist_resume.errors import ConfigError, InvalidIdentifier
 from bbp_dist_resume.ids import check_id, parse_checkpoint_id
 
 # An id is at most 128 characters: prefix + "-" + 19 (time) + "-" + 20 (random).
 _MAX_PREFIX = 128 - 41
+
+
+def create_default_config(**overrides: Any) -> CheckpointConfig:
+    """Hybrid strategy, every 5 minutes or 10 points of progress, 10 kept."""
+    return CheckpointConfig(**overrides)
+
+
+def create_high_frequency_config(**overrides: Any) -> CheckpointConfig:
+    """Checkpoint often and finely: every 30 s or 2 points, fine granularity, 50 kept."""
+    base: dict[str, Any] = {
+        "strategy": CheckpointStrategy.HYBRID,
+        "granularity": CheckpointGranularity.FINE,
+        "time_interval": timedelta(seconds=30),
+        "progress_threshold": 2.0,
+        "max_checkpoints": 50,
+        "compression_level": 1,
+    }
+    return CheckpointConfig(**(base | overrides))
+
+
+def create_low_overhead_config(**overrides: Any) -> CheckpointConfig:
+    """Checkpoint rarely: every 30 minutes or 25 points, stage boundaries only, 3 kept."""
+    base: dict[str, Any] = {
+        "strategy": CheckpointStrategy.HYBRID,
+        "granularity": CheckpointGranularity.COARSE,
+        "time_interval": timedelta(minutes=30),
+        "progress_threshold": 25.0,
+        "max_checkpoints": 3,
+        "compression_level": 1,
+        "enable_verification": False,
+    }
+    return CheckpointConfig(**(base | overrides))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
