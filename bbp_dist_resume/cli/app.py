@@ -52,11 +52,13 @@ class App:
     def config(self, **overrides: Any) -> CheckpointConfig:
         """The effective config: defaults < ``--config`` file < ``BBP_*`` < flags."""
         if self._config is None:
-            flags: dict[str, Any] = {
-                k: v for k, v in (("store_url", self.store), ("coord_url", self.coord)) if v
-            }
-            self._config = CheckpointConfig.load(self.config_file, **flags)
+            self._config = CheckpointConfig.load(self.config_file, **self.flags)
         return self._config.with_changes(**overrides) if overrides else self._config
+
+    @property
+    def flags(self) -> dict[str, Any]:
+        """The config fields given as flags (``--store``, ``--coord``)."""
+        return {k: v for k, v in (("store_url", self.store), ("coord_url", self.coord)) if v}
 
     @contextmanager
     def admin(self, **overrides: Any) -> Iterator[Admin]:

@@ -25,10 +25,7 @@ def config_group() -> None:
 def show(app: App, as_json: bool) -> None:
     """Every field's effective value and where it came from; secrets are masked."""
     config = app.config()
-    flags: dict[str, Any] = {
-        k: v for k, v in (("store_url", app.store), ("coord_url", app.coord)) if v
-    }
-    sources = CheckpointConfig.sources(app.config_file, **flags)
+    sources = CheckpointConfig.sources(app.config_file, **app.flags)
     values = _shown(config)
     if as_json:
         out.emit_json(app.out, {f: {"value": v, "source": sources[f]} for f, v in values.items()})

@@ -11,7 +11,15 @@ from __future__ import annotations
 import click
 
 from bbp_dist_resume import __version__
-from bbp_dist_resume.cli import cmd_config, cmd_keys, cmd_maint, cmd_read, cmd_resume, cmd_run
+from bbp_dist_resume.cli import (
+    cmd_config,
+    cmd_demo,
+    cmd_keys,
+    cmd_maint,
+    cmd_read,
+    cmd_resume,
+    cmd_run,
+)
 from bbp_dist_resume.cli.app import App, run, setup_logging
 
 _CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -57,7 +65,7 @@ def cli(
     setup_logging(debug, log_format)
 
 
-for module in (cmd_run, cmd_read, cmd_resume, cmd_maint, cmd_keys, cmd_config):
+for module in (cmd_demo, cmd_run, cmd_read, cmd_resume, cmd_maint, cmd_keys, cmd_config):
     for command in module.COMMANDS:
         cli.add_command(command)
 
