@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-LINTED := bbp_dist_resume tests benchmarks infra
+LINTED := bbp_dist_resume tests benchmarks infra examples
 
 .PHONY: venv lint test demo bench services-up services-down clean
 
@@ -22,7 +22,7 @@ venv: $(STAMP)
 lint: venv
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)
-	$(BIN)/mypy bbp_dist_resume
+	$(BIN)/mypy bbp_dist_resume examples
 
 # Lint, then start a real redis-server and SeaweedFS on free loopback ports, run the
 # tests against them, and stop them whatever happens.

@@ -1,0 +1,176 @@
+"""The runnable examples: every ``examples/**/*.py`` with a ``__main__`` block, run as a real
+subprocess, must exit 0 and print its key lines.
+
+Examples are discovered, so a new one is run without being listed here. It runs with no
+arguments, in a temporary folder (its working directory and ``TMPDIR``), with warnings as
+errors and with no ``AWS_*`` or ``BBP_*`` variable. An example that needs more (arguments,
+servers, credentials) or has key lines to check gets an entry in ``CASES``; one that needs
+something it is not given fails here: it is never skipped. Each run has a timeout, and
+must leave no process of its own behind.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
+MAIN_BLOCK = re.compile(r"""^if __name__ == ["']__main__["']:""", re.MULTILINE)
+TIMEOUT_S = 150.0  # per example; each takes 10-20 s on two busy cores
+ISSUE_EXAMPLES = {"quickstart.py"}
+
+
+def discover() -> list[str]:
+    """Paths (relative to examples/) of every example with a ``__main__`` block."""
+    return sorted(
+        p.relative_to(EXAMPLES_DIR).as_posix()
+        for p in EXAMPLES_DIR.rglob("*.py")
+        if MAIN_BLOCK.search(p.read_text(encoding="utf-8"))
+    )
+
+
+EXAMPLES = discover()
+
+
+def load_example(name: str) -> ModuleType:
+    """Import an example by path (its ``__main__`` block does not run)."""
+    spec = importlib.util.spec_from_file_location(f"example_{Path(name).stem}", EXAMPLES_DIR / name)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# -- what each example needs and prints ----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One finished run of an example."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    seconds: float
+    env: dict[str, str] = field(repr=False)
+
+    def describe(self) -> str:
+        return (
+            f"exit {self.returncode} after {self.seconds:.1f} s\n"
+            f"--- stdout\n{self.stdout}\n--- stderr\n{self.stderr}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Case:
+    """How to run one example and what it must print.
+
+    ``env(request)`` gives the variables it needs (fixtures through ``request``);
+    ``lines`` are regular expressions, each matching a whole line of its output;
+    ``check(run, request)`` looks further (at the output, the store...).
+    """
+
+    args: tuple[str, ...] = ()
+    env: Callable[[pytest.FixtureRequest], dict[str, str]] | None = None
+    lines: tuple[str, ...] = ()
+    check: Callable[[Run, pytest.FixtureRequest], None] | None = None
+
+
+def check_quickstart(run: Run, request: pytest.FixtureRequest) -> None:
+    steps = int(re.findall(r"^this run did (\d+) of 81 steps$", run.stdout, re.M)[-1])
+    assert 0 < steps < 81, "the resumed run redid everything, or nothing"
+    expected = load_example("quickstart.py").reference_result()
+    assert re.findall(r"^result ([0-9a-f]{64})$", run.stdout, re.M) == [expected]
+
+
+ID = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+CASES: dict[str, Case] = {
+    "quickstart.py": Case(
+        lines=(
+            rf"killed worker w0 of quickstart-{ID} with SIGKILL in stage probe",
+            rf"resumed from quickstart-{ID}/w0/\d+: stage probe, \d+% done, "
+            r"last host host\d\d\.example\.net",
+            r"OK: the resumed run produced exactly the result of an uncrashed run",
+        ),
+        check=check_quickstart,
+    ),
+}
+
+
+# -- running -------------------------------------------------------------------------------
+
+
+def base_env(tmp_path: Path) -> dict[str, str]:
+    """This environment without AWS_* and BBP_* variables, temporary files in tmp_path,
+    warnings as errors (in the example's own children too)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "BBP_"))}
+    env.update(TMPDIR=str(tmp_path), PYTHONWARNINGS="error", PYTHONUNBUFFERED="1")
+    return env
+
+
+def run_example(name: str, args: tuple[str, ...], env: dict[str, str], cwd: Path) -> Run:
+    """Run one example in its own process group; kill the group on timeout."""
+    argv = [sys.executable, str(EXAMPLES_DIR / name), *args]
+    started = time.monotonic()
+    proc = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its children share its process group: killed with it
+    )
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        run = Run(proc.returncode, out, err, time.monotonic() - started, env)
+        pytest.fail(f"{name} ran past {TIMEOUT_S} s\n{run.describe()}")
+    run = Run(proc.returncode, out, err, time.monotonic() - started, env)
+    assert not left_running(proc.pid), f"{name} left processes running\n{run.describe()}"
+    return run
+
+
+def left_running(pgid: int) -> bool:
+    """True (after killing them) when processes of the example's group outlived it."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_the_issues_examples_are_discovered_and_every_case_names_one() -> None:
+    assert set(EXAMPLES) >= ISSUE_EXAMPLES
+    assert set(CASES) <= set(EXAMPLES), "a case for an example that does not exist"
+
+
+@pytest.mark.timeout(TIMEOUT_S + 60)
+@pytest.mark.parametrize("name", EXAMPLES)
+def test_example_exits_0_and_prints_its_key_lines(
+    name: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    case = CASES.get(name, Case())
+    env = base_env(tmp_path) | (case.env(request) if case.env else {})
+    run = run_example(name, case.args, env, tmp_path)
+    assert run.returncode == 0, run.describe()
+    assert run.stdout.strip(), f"{name} printed nothing\n{run.describe()}"
+    for pattern in case.lines:
+        assert re.search(rf"^{pattern}$", run.stdout, re.MULTILINE), (
+            f"no line matches {pattern!r}\n{run.describe()}"
+        )
+    if case.check is not None:
+        case.check(run, request)
