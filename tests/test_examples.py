@@ -14,21 +14,24 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import secrets
 import signal
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 MAIN_BLOCK = re.compile(r"""^if __name__ == ["']__main__["']:""", re.MULTILINE)
 TIMEOUT_S = 150.0  # per example; each takes 10-20 s on two busy cores
-ISSUE_EXAMPLES = {"quickstart.py"}
+ISSUE_EXAMPLES = {"quickstart.py", "encrypted_s3.py"}
 
 
 def discover() -> list[str]:
@@ -87,11 +90,44 @@ class Case:
     check: Callable[[Run, pytest.FixtureRequest], None] | None = None
 
 
+def s3_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """SeaweedFS under a fresh prefix, its credentials, the standalone Redis, a passphrase."""
+    services: Any = request.getfixturevalue("services")
+    prefix = f"example-{uuid.uuid4().hex[:12]}"
+    return {
+        "BBP_STORE_URL": f"s3://{services.bucket}/{prefix}"
+        f"?endpoint_url={services.s3_endpoint}&region={services.region}",
+        "BBP_COORD_URL": request.getfixturevalue("redis_url"),
+        "BBP_ENCRYPTION_KEY": secrets.token_urlsafe(24),
+        "AWS_ACCESS_KEY_ID": services.access_key,
+        "AWS_SECRET_ACCESS_KEY": services.secret_key,
+        "AWS_DEFAULT_REGION": services.region,
+    }
+
+
+def bucket_and_prefix(store_url: str) -> tuple[str, str]:
+    """The bucket and prefix of an ``s3://bucket/prefix?...`` store URL."""
+    bucket, _, prefix = store_url.removeprefix("s3://").partition("?")[0].partition("/")
+    return bucket, prefix
+
+
 def check_quickstart(run: Run, request: pytest.FixtureRequest) -> None:
     steps = int(re.findall(r"^this run did (\d+) of 81 steps$", run.stdout, re.M)[-1])
     assert 0 < steps < 81, "the resumed run redid everything, or nothing"
     expected = load_example("quickstart.py").reference_result()
     assert re.findall(r"^result ([0-9a-f]{64})$", run.stdout, re.M) == [expected]
+
+
+def check_encrypted(run: Run, request: pytest.FixtureRequest) -> None:
+    # Independently of the example's own look: its prefix holds chunks, records and
+    # two data keys (the first passphrase's and the rotated one's).
+    s3 = request.getfixturevalue("s3_client")
+    bucket, prefix = bucket_and_prefix(run.env["BBP_STORE_URL"])
+    pages = s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=f"{prefix}/")
+    keys = [o["Key"].removeprefix(f"{prefix}/") for page in pages for o in page.get("Contents", [])]
+    assert len([k for k in keys if k.startswith("keys/")]) == 2
+    assert any(k.startswith("chunks/") for k in keys)
+    assert any(k.startswith("checkpoints/encrypted-") for k in keys)
 
 
 ID = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -104,6 +140,19 @@ CASES: dict[str, Case] = {
             r"OK: the resumed run produced exactly the result of an uncrashed run",
         ),
         check=check_quickstart,
+    ),
+    "encrypted_s3.py": Case(
+        env=s3_env,
+        lines=(
+            rf"checkpoint encrypted-{ID}/w0/\d+ written, encrypted, with attachment "
+            r"model-weights\.bin",
+            r"a wrong passphrase is refused: EncryptionKeyError: .+",
+            r"no object key names the attachment and no object holds the plaintext",
+            rf"after rotation encrypted-{ID}/w0/\d+ still restores \(state and attachment intact\)",
+            rf"with the new passphrase alone {ID}/w0/\d+ opens, {ID}/w0/\d+ does not: .+",
+            r"OK: encryption, refusal of a wrong passphrase and rotation all work",
+        ),
+        check=check_encrypted,
     ),
 }
 
@@ -174,3 +223,17 @@ def test_example_exits_0_and_prints_its_key_lines(
         )
     if case.check is not None:
         case.check(run, request)
+
+
+@pytest.mark.timeout(TIMEOUT_S + 60)
+def test_encrypted_s3_refuses_to_run_without_a_passphrase(
+    tmp_path: Path, request: pytest.FixtureRequest, s3_client: Any
+) -> None:
+    env = base_env(tmp_path) | s3_env(request)
+    del env["BBP_ENCRYPTION_KEY"]
+    run = run_example("encrypted_s3.py", (), env, tmp_path)
+    assert run.returncode != 0, run.describe()
+    assert "refusing to run: set BBP_ENCRYPTION_KEY" in run.stderr, run.describe()
+    bucket, prefix = bucket_and_prefix(env["BBP_STORE_URL"])
+    listed = s3_client.list_objects_v2(Bucket=bucket, Prefix=f"{prefix}/")
+    assert listed.get("KeyCount", 0) == 0, "it wrote to the store before refusing"
