@@ -31,7 +31,7 @@ import pytest
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"
 MAIN_BLOCK = re.compile(r"""^if __name__ == ["']__main__["']:""", re.MULTILINE)
 TIMEOUT_S = 150.0  # per example; each takes 10-20 s on two busy cores
-ISSUE_EXAMPLES = {"quickstart.py", "encrypted_s3.py"}
+ISSUE_EXAMPLES = {"quickstart.py", "encrypted_s3.py", "custom_launcher.py"}
 
 
 def discover() -> list[str]:
@@ -130,6 +130,16 @@ def check_encrypted(run: Run, request: pytest.FixtureRequest) -> None:
     assert any(k.startswith("checkpoints/encrypted-") for k in keys)
 
 
+def check_launcher(run: Run, request: pytest.FixtureRequest) -> None:
+    module = load_example("custom_launcher.py")
+    for worker in module.WORKERS:
+        total = module.expected_total(worker)
+        assert f"{worker}: total {total}, uncrashed run {total}" in run.stdout.splitlines()
+    # The replacement is another process than the one killed.
+    pids = re.findall(r"^\s*\[w1 pid (\d+)\] (?:starting clean|resumed from)", run.stdout, re.M)
+    assert len(pids) == 2 and pids[0] != pids[1], pids
+
+
 ID = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 CASES: dict[str, Case] = {
     "quickstart.py": Case(
@@ -153,6 +163,16 @@ CASES: dict[str, Case] = {
             r"OK: encryption, refusal of a wrong passphrase and rotation all work",
         ),
         check=check_encrypted,
+    ),
+    "custom_launcher.py": Case(
+        lines=(
+            rf"killed w1 of launcher-{ID} with SIGKILL",
+            rf"launcher called for launcher-{ID}/w1: plan \d+ resumes it from {ID}/w1/\d+",
+            rf"\s*\[w1 pid \d+\] resumed from {ID}/w1/\d+ \(resume plan generation \d+: .+\)",
+            r"the launcher was called for \['w1'\]",
+            r"OK: the relaunched worker resumed and every result matches",
+        ),
+        check=check_launcher,
     ),
 }
 
