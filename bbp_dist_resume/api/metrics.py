@@ -15,7 +15,6 @@ id or a seq (one series per checkpoint would grow without end).
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import threading
 from types import ModuleType
 from typing import Protocol
@@ -218,6 +217,9 @@ def start_configured_exporter(config: CheckpointConfig) -> None:
 
 def _backend() -> ModuleType:
     # Imported on first use only: with metrics off, prometheus_client is never loaded.
-    if importlib.util.find_spec("prometheus_client") is None:
-        raise ConfigError([("metrics_port", _INSTALL)])
-    return importlib.import_module(_BACKEND)
+    try:
+        return importlib.import_module(_BACKEND)
+    except ModuleNotFoundError as exc:
+        if exc.name == "prometheus_client":
+            raise ConfigError([("metrics_port", _INSTALL)]) from None
+        raise
