@@ -42,7 +42,9 @@ def list_keys(config: CheckpointConfig) -> list[KeyInfo]:
         if not secrets:
             # A KeyRing needs a secret; an impossible one opens nothing and shows ids.
             secrets = ["\x00 no configured secret"]
-        return KeyRing(store, store_config.kdf, secrets).describe()
+        ring = KeyRing(store, store_config.kdf, secrets)
+        ring.reload()  # which key writes is known only once the keys are opened
+        return ring.describe()
     finally:
         store.close()
 
