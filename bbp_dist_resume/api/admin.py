@@ -39,6 +39,7 @@ from bbp_dist_resume.coordination.rebuild import RebuildReport, rebuild_from_sto
 from bbp_dist_resume.errors import (
     IntegrityError,
     InvalidCheckpoint,
+    InvalidIdentifier,
     InvalidStateError,
     ObjectNotFound,
     UnknownOperation,
@@ -130,14 +131,39 @@ class Admin:
         )
 
     def resume_points(self, operation_id: str, worker_id: str | None = None) -> list[Any]:
-        """Every checkpoint of the operation (or of one worker), oldest first."""
+        """Every checkpoint of the operation (or of one worker), oldest first.
+
+        Raises:
+            InvalidIdentifier (also a worker not of the operation), UnknownOperation.
+        """
         _, _, catalog = self._open()
-        check_id(operation_id, "operation id")
+        self._check_worker(operation_id, worker_id)
         points = catalog.resume_points(operation_id)
         if worker_id is not None:
-            check_id(worker_id, "worker id")
             points = [p for p in points if p.worker_id == worker_id]
         return points
+
+    def workers_of(self, operation_id: str) -> set[str]:
+        """The workers of an operation the backend knows, or else the store (lost index).
+
+        Raises:
+            InvalidIdentifier; UnknownOperation: neither the backend nor the store knows it.
+        """
+        repo, coord, _ = self._open()
+        check_id(operation_id, "operation id")
+        try:
+            return set(coord.get_operation(operation_id).workers)
+        except UnknownOperation:
+            workers = set(repo.slots().get(operation_id, []))
+            if not workers:
+                raise
+            return workers
+
+    def _check_worker(self, operation_id: str, worker_id: str | None) -> None:
+        """An operator's typo must be an error, not an empty listing or a clean start."""
+        workers = self.workers_of(operation_id)
+        if worker_id is not None and check_id(worker_id, "worker id") not in workers:
+            raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id!r}")
 
     # -- one checkpoint ------------------------------------------------------------------
 
@@ -221,8 +247,11 @@ class Admin:
         checkpoint could not be restored (it fails verification).
 
         Raises:
+            InvalidIdentifier, UnknownOperation: see :meth:`resume_points`.
             InvalidStateError: ``dest`` holds a file of the same name (nothing overwritten).
         """
+        if "/" not in operation_id:  # a checkpoint id names one exact checkpoint
+            self._check_worker(operation_id, worker_id)
         with ResumeSystem(self.config, worker_id) as rs:
             context = rs.resume_from_checkpoint(operation_id, mode, chooser=chooser)
             if context is None:
@@ -239,7 +268,9 @@ class Admin:
         return, per operation and worker, the seqs removed (or that would be)."""
         maintenance = self._maintenance()
         _, _, catalog = self._open()
-        ops = [check_id(operation_id, "operation id")] if operation_id else catalog.operations()
+        if operation_id is not None:
+            self.workers_of(operation_id)
+        ops = [operation_id] if operation_id else catalog.operations()
         out: dict[str, dict[str, list[int]]] = {}
         for op in ops:
             expired = maintenance.expired(op, None, self.config)
