@@ -1,76 +1,27 @@
 """Metrics on both backend pairs, scraped over HTTP from the real Prometheus exporter:
 checkpoints, bytes, latencies, resumes, lease losses, rollbacks and the coordinator's
-counters move by exactly what the test did. Also: the exporter's configuration, a port
-in use, prometheus-client missing, and the no-op path when metrics are off (those in
-fresh interpreters, since the exporter is once per process)."""
+counters move by exactly what the test did (tests/test_metrics_setup.py: the exporter)."""
 
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import textwrap
-import urllib.request
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_helpers import exporter_port, scrape, value
 from resume_helpers import MakeConfig, Systems, cut_heartbeat, new_op, take_over
 from test_manager import Managers, crash, fast, poll, wait_crashed
 
-from bbp_dist_resume import CheckpointConfig, ConfigError, LeaseLostError, RollbackRequested
-from bbp_dist_resume.api.metrics import recorder, start_metrics_exporter
+from bbp_dist_resume import LeaseLostError, RollbackRequested
 
 # isort: split
 # Fixtures reach a test module by being imported into it (autouse ones included).
 from resume_helpers import probed_s3_prefix, systems_fixture  # noqa: F401
 from test_manager import managers_fixture  # noqa: F401
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
-REPO = Path(__file__).resolve().parent.parent
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@pytest.fixture(name="port", scope="module")
+@pytest.fixture(name="port")
 def port_fixture() -> int:
-    """The port of this process's exporter (started once, as the library does)."""
-    port = free_port()
-    start_metrics_exporter(port)
-    return port
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-        body = answer.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(body)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("BBP_")}
-    return subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=REPO,
-        env=clean | env,
-        check=False,
-    )
+    return exporter_port()
 
 
 # -- the worker --------------------------------------------------------------------------
@@ -185,101 +136,3 @@ def test_coordinator_metrics_count_crashes_plans_relaunches_rollbacks_and_leader
     seen = scrape(port)
     assert value(seen, "bbp_coordinator_leader_changes_total", **me) == 2
     assert value(seen, "bbp_coordinator_is_leader", **me) == 0
-
-
-# -- configuration and the exporter ------------------------------------------------------
-
-
-def test_metrics_port_and_address_are_validated_and_read_from_the_environment() -> None:
-    assert CheckpointConfig().metrics_port is None
-    assert CheckpointConfig().metrics_address == "127.0.0.1"
-    assert CheckpointConfig.load(env={"BBP_METRICS_PORT": "9464"}).metrics_port == 9464
-    for bad in (0, 65536, -1, "http"):
-        with pytest.raises(ConfigError, match="metrics_port"):
-            CheckpointConfig(metrics_port=bad)
-    for bad in ("", "a b", "-x", "host;rm"):
-        with pytest.raises(ConfigError, match="metrics_address"):
-            CheckpointConfig(metrics_address=bad)
-    assert CheckpointConfig(metrics_address="::1").metrics_address == "::1"
-
-
-def test_the_exporter_is_once_per_process(port: int, make_config: MakeConfig) -> None:
-    start_metrics_exporter(port)  # the same port again: nothing to do
-    assert recorder().enabled
-    other = free_port()
-    with pytest.raises(ConfigError, match=f"already serves metrics on 127.0.0.1:{port}"):
-        start_metrics_exporter(other)
-    for bad in (0, 70000):
-        with pytest.raises(ConfigError, match="metrics_port"):
-            start_metrics_exporter(bad)
-
-
-def test_a_port_in_use_is_a_config_error_and_opens_nothing(tmp_path: Path) -> None:
-    with socket.socket() as busy:
-        busy.bind(("127.0.0.1", 0))
-        busy.listen()
-        port = busy.getsockname()[1]
-        done = run_python(
-            f"""
-            from bbp_dist_resume import ConfigError, ResumeSystem, CheckpointConfig
-            config = CheckpointConfig(store_url="file:{tmp_path}/store",
-                                      coord_url="sqlite:{tmp_path}/coord.db", metrics_port={port})
-            try:
-                ResumeSystem(config).initialize()
-            except ConfigError as exc:
-                print(exc)
-            """
-        )
-    assert done.returncode == 0, done.stderr
-    assert f"metrics_port: cannot serve metrics on 127.0.0.1:{port}" in done.stdout
-    assert "Traceback" not in done.stderr
-    assert not (tmp_path / "store").exists() and not (tmp_path / "coord.db").exists()
-
-
-def test_metrics_port_without_prometheus_client_says_what_to_install(tmp_path: Path) -> None:
-    done = run_python(
-        f"""
-        import sys
-        sys.modules["prometheus_client"] = None  # as if it were not installed
-        from bbp_dist_resume import ConfigError, ResumeSystemManager, CheckpointConfig
-        config = CheckpointConfig(store_url="file:{tmp_path}/store",
-                                  coord_url="sqlite:{tmp_path}/coord.db", metrics_port=9)
-        try:
-            ResumeSystemManager("c1").initialize(config)
-        except ConfigError as exc:
-            print(exc)
-        """
-    )
-    assert done.returncode == 0, done.stderr
-    assert "pip install 'bbp-dist-resume[metrics]'" in done.stdout
-
-
-def test_with_metrics_off_nothing_is_imported_served_or_recorded(tmp_path: Path) -> None:
-    done = run_python(
-        f"""
-        import sys, threading
-        from bbp_dist_resume import CheckpointConfig, ResumeSystem
-        from bbp_dist_resume.api.metrics import NoRecorder, recorder
-        config = CheckpointConfig(store_url="file:{tmp_path}/store",
-                                  coord_url="sqlite:{tmp_path}/coord.db")
-        with ResumeSystem(config) as rs:
-            rs.start_monitoring("op-1")
-            rs.create_checkpoint("scan", {{"n": 1}})
-            assert rs.resume_automatically("op-1") is not None
-            rs.complete()
-        assert type(recorder()) is NoRecorder, recorder()
-        assert "prometheus_client" not in sys.modules
-        assert not any(m.startswith("prometheus_client") for m in sys.modules)
-        assert "bbp_dist_resume.api.metrics_prometheus" not in sys.modules
-        print(sorted(t.name for t in threading.enumerate()))
-        """,
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "['MainThread']"
-
-
-@pytest.fixture(autouse=True)
-def _no_metrics_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    # A BBP_METRICS_PORT in the environment must not leak into configs built here.
-    monkeypatch.delenv("BBP_METRICS_PORT", raising=False)
-    yield
