@@ -57,7 +57,7 @@ from bbp_dist_resume import (
 WORKERS = ["w0", "w1"]
 ITEMS = 40  # item i belongs to worker WORKERS[i % 2]
 EVERY = 4  # checkpoint after every 4 items of a worker
-STEP_S = 0.1  # each item "works" this long, so that the kill lands mid-run
+STEP_S = 0.05  # each item "works" this long, so that the kill lands mid-run
 KILL_AFTER = 2  # kill w1 after this many of its checkpoints
 
 
@@ -69,8 +69,8 @@ def make_config(folder: Path) -> CheckpointConfig:
         strategy=CheckpointStrategy.MANUAL,  # only create_checkpoint() calls save
         # Short, so that the demonstration takes seconds: a crash is seen within
         # lease_ttl + scan_interval. Production values are longer (defaults 30 s, 1 s).
-        lease_ttl=3,
-        heartbeat_interval=1,
+        lease_ttl=2,
+        heartbeat_interval=0.5,
         scan_interval=0.2,
     )
 
