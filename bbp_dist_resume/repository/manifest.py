@@ -28,7 +28,7 @@ from pydantic import (
     model_validator,
 )
 
-from bbp_dist_resume.errors import InvalidIdentifier, ManifestError
+from bbp_dist_resume.errors import InvalidCheckpoint, InvalidIdentifier, ManifestError
 from bbp_dist_resume.ids import check_id, check_seq
 
 MANIFEST_VERSION = 1
@@ -225,3 +225,25 @@ def _summary(exc: ValidationError) -> str:
     first = exc.errors(include_input=False, include_url=False)[0]
     where = ".".join(str(p) for p in first["loc"])
     return f"{where}: {first['msg']} ({exc.error_count()} problems)"
+
+
+def takeover_record(
+    operation_id: str, worker_id: str, seq: int, owner_token: str, fence: int
+) -> TakeoverRecord:
+    """A new sealed takeover record. Raises ``InvalidCheckpoint`` for a bad value."""
+    try:
+        record = TakeoverRecord(
+            version=1,
+            operation_id=operation_id,
+            worker_id=worker_id,
+            seq=seq,
+            owner_token=owner_token,
+            fence=fence,
+            write_id=new_token(),
+            created_at=utcnow(),
+        )
+    except ValidationError as exc:
+        err = exc.errors(include_input=False, include_url=False)[0]
+        where = ".".join(str(p) for p in err["loc"])
+        raise InvalidCheckpoint(f"invalid takeover: {where}: {err['msg']}") from None
+    return record.sealed()

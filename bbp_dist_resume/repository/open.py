@@ -65,6 +65,7 @@ def open_on_store(store: BlobStore, config: CheckpointConfig) -> Repository:
         concurrency=config.upload_concurrency,
         chunker=chunker.params(),
         inline_threshold=config.inline_threshold,
+        gc_safety_margin=config.gc_safety_margin.total_seconds(),
     )
     return Repository(store, codec, options)
 

@@ -1,10 +1,10 @@
 """``Repository``: checkpoints over a blob store.
 
 ``write`` cuts parts into content-defined chunks and uploads, in parallel, only the chunks
-the store lacks; ``commit`` then writes the manifest as the checkpoint's create-only commit
-record, the commit point of DESIGN.md. ``takeover`` claims the next seq for a new owner so
-no earlier owner can commit again. ``read``, ``restore_part`` and ``verify`` read back,
-verifying every chunk.
+the store lacks (or holds but too old to rely on: ``freshness``); ``commit`` then writes
+the manifest as the checkpoint's create-only commit record, the commit point of DESIGN.md.
+``takeover`` claims the next seq for a new owner so no earlier owner can commit again.
+``read``, ``restore_part`` and ``verify`` read back, verifying every chunk.
 """
 
 from __future__ import annotations
@@ -17,14 +17,23 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import ValidationError
-
 from bbp_dist_resume.blobstore import BlobStore
 from bbp_dist_resume.errors import CommitConflict, IntegrityError, InvalidCheckpoint, ObjectNotFound
 from bbp_dist_resume.ids import check_id
 from bbp_dist_resume.repository import restore
 from bbp_dist_resume.repository.chunker import ChunkerParams, chunks_of_bytes, chunks_of_file
 from bbp_dist_resume.repository.chunkid import ChunkId
+from bbp_dist_resume.repository.evidence import (
+    ChunkSource,
+    Clock,
+    EvidenceCache,
+    GcTiming,
+    MonotonicClock,
+    Outcome,
+    Verdict,
+    WriteState,
+)
+from bbp_dist_resume.repository.freshness import Freshness, chunk_ids
 from bbp_dist_resume.repository.manifest import (
     CheckpointRecord,
     ChunkRef,
@@ -33,7 +42,7 @@ from bbp_dist_resume.repository.manifest import (
     new_token,
     record_key,
     record_prefix,
-    utcnow,
+    takeover_record,
 )
 from bbp_dist_resume.repository.meta import CheckpointMeta
 from bbp_dist_resume.repository.objects import ObjectCodec
@@ -42,7 +51,6 @@ from bbp_dist_resume.repository.verify import VerifyReport, verify_manifest
 
 Part = bytes | os.PathLike[str]
 _TAKEOVER_ATTEMPTS = 20
-_KNOWN_CAP = 2_000_000  # chunk ids remembered as present (about 200 MB at the cap)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -52,19 +60,29 @@ class RepositoryOptions:
     concurrency: int
     chunker: ChunkerParams
     inline_threshold: int
+    gc_safety_margin: float = 86400.0
 
 
 class Repository:
     """Content-addressed checkpoints of many operations and workers in one store."""
 
-    def __init__(self, store: BlobStore, codec: ObjectCodec, options: RepositoryOptions) -> None:
+    def __init__(
+        self,
+        store: BlobStore,
+        codec: ObjectCodec,
+        options: RepositoryOptions,
+        *,
+        clock: Clock | None = None,
+    ) -> None:
         self._store = store
         self._codec = codec
         self._opt = options
         self._pool = ThreadPoolExecutor(options.concurrency, thread_name_prefix="bbp-repo")
-        self._known: set[str] = set()
-        self._inflight: dict[str, Future[None]] = {}
-        self._known_lock = threading.Lock()
+        self._clock = clock or MonotonicClock()
+        self._evidence = EvidenceCache(GcTiming.of(options.gc_safety_margin))
+        self._fresh = Freshness(store, codec, self._evidence, self._clock, self._pool)
+        self._inflight: dict[str, Future[Outcome]] = {}
+        self._inflight_lock = threading.Lock()
         self._stats = StatsCounter()
 
     @property
@@ -74,6 +92,11 @@ class Repository:
     @property
     def encrypted(self) -> bool:
         return self._codec.encrypted
+
+    @property
+    def gc_timing(self) -> GcTiming:
+        """The safety margin this repository's writes honour, and what follows from it."""
+        return self._evidence.timing
 
     def tune(self, *, compression_level: int | None, inline_threshold: int) -> None:
         """Change how later checkpoints are written (objects already stored keep theirs)."""
@@ -95,105 +118,120 @@ class Repository:
         Raises:
             InvalidIdentifier: a part name or an id in ``meta`` is invalid.
             StoreError: an upload failed (chunks already written stay, unreferenced).
+            CommitTooLate: refreshed chunks kept vanishing (garbage collections racing).
         """
         # Every part is checked before the first byte is uploaded.
         checked = {check_id(name, "part name"): _check_part(part) for name, part in parts.items()}
-        refs = {name: self._write_part(part) for name, part in checked.items()}
-        return meta.manifest(refs, write_id=new_token())
+        write = WriteState(self._evidence.reusable(meta.operation_id, meta.worker_id, meta.seq))
+        refs = {name: self._write_part(part, write) for name, part in checked.items()}
+        self._fresh.settle(write)
+        manifest = meta.manifest(refs, write_id=new_token())
+        self._evidence.note_write(manifest.write_id, write.started)
+        return manifest
 
-    def _write_part(self, part: bytes | Path) -> PartRef:
+    def _write_part(self, part: bytes | Path, write: WriteState) -> PartRef:
         if isinstance(part, Path):
             if part.stat().st_size > self._opt.inline_threshold:
-                return self._upload(chunks_of_file(part, self._opt.chunker))
+                return self._upload(chunks_of_file(part, self._opt.chunker), write, part)
             part = part.read_bytes()
         if len(part) <= self._opt.inline_threshold:
             self._stats.add_inline(len(part))
             return restore.inline_part(part)
-        return self._upload(chunks_of_bytes(part, self._opt.chunker))
+        return self._upload(chunks_of_bytes(part, self._opt.chunker), write, part)
 
-    def _upload(self, chunks: Iterator[memoryview]) -> PartRef:
+    def _upload(
+        self, chunks: Iterator[memoryview], write: WriteState, part: bytes | Path
+    ) -> PartRef:
         # At most concurrency + 2 chunks in flight, so memory is bounded by the chunk size.
         window = threading.BoundedSemaphore(self._opt.concurrency + 2)
-        waits: list[Future[None]] = []
+        waits: list[tuple[Future[Outcome], str, ChunkSource]] = []
         refs: list[ChunkRef] = []
+        offset = 0
         try:
             for view in chunks:
-                if any(f.done() and f.exception() for f in waits[-4:]):
+                if any(f.done() and f.exception() for f, _, _ in waits[-4:]):
                     break  # an upload failed: stop cutting, report it below
                 cid = self._codec.chunk_id(view)
                 refs.append(ChunkRef(id=cid.hex, size=len(view)))
                 self._stats.add_chunk(len(view))
-                fut = self._schedule(cid, view, window)
+                fut = self._schedule(cid, view, window, write)
                 if fut is not None:
-                    waits.append(fut)
+                    waits.append((fut, cid.hex, ChunkSource(part, offset, len(view))))
+                offset += len(view)
         finally:
-            wait(waits)
-        for fut in waits:
-            fut.result()  # the first upload failure, if any
+            wait([f for f, _, _ in waits])
+        for fut, cid_hex, source in waits:
+            # The first upload failure, if any; else what the chunk still needs.
+            write.must_settle(cid_hex, fut.result(), source)
         return PartRef(size=sum(r.size for r in refs), chunks=tuple(refs))
 
     def _schedule(
-        self, cid: ChunkId, view: memoryview, window: threading.BoundedSemaphore
-    ) -> Future[None] | None:
-        """Start uploading ``cid`` unless it is known present; return what to wait for.
+        self, cid: ChunkId, view: memoryview, window: threading.BoundedSemaphore, write: WriteState
+    ) -> Future[Outcome] | None:
+        """Start uploading ``cid`` unless there is evidence it is stored and young (or it
+        is in the slot's last commit); return what to wait for.
 
         A chunk another write is uploading right now is waited for, not skipped: a
         manifest must never commit before every chunk it names is durable.
         """
-        with self._known_lock:
-            if cid.hex in self._known:
-                self._stats.add_dedup()
-                return None
+        now = self._clock.now()
+        write.decided(now)
+        if cid.hex in write.reuse or self._evidence.is_fresh(cid.hex, now):
+            self._stats.add_dedup()
+            return None
+        with self._inflight_lock:
             running = self._inflight.get(cid.hex)
             if running is not None:
                 self._stats.add_dedup()
                 return running
-            done: Future[None] = Future()
+            done: Future[Outcome] = Future()
             self._inflight[cid.hex] = done
         window.acquire()
         # The view dies with the next chunk, so copy it now, exactly once: stored as is,
         # it becomes the blob; else the worker thread compresses or seals the copy.
         sealed = self._codec.plain
         box = [self._codec.seal_chunk(cid, view) if sealed else bytes(view)]
-        task = self._pool.submit(self._put_chunk, cid, box, sealed, len(view))
-        task.add_done_callback(lambda t: self._settle(cid, t, done, window))
+        probable = self._evidence.is_probable(cid.hex)
+        task = self._pool.submit(self._put_chunk, cid, box, sealed, len(view), probable)
+        task.add_done_callback(lambda t: self._finish(cid, t, done, window))
         return done
 
-    def _put_chunk(self, cid: ChunkId, box: list[bytes], sealed: bool, size: int) -> None:
+    def _put_chunk(
+        self, cid: ChunkId, box: list[bytes], sealed: bool, size: int, probable: bool
+    ) -> Outcome:
         # Taken out of its box so that the plaintext is freed once sealed, not held by
         # the executor's work item for as long as the upload takes.
         payload = box.pop()
         blob = payload if sealed else self._codec.seal_chunk(cid, payload)
         del payload
-        created = self._store.put_if_absent(cid.store_key, blob)
-        # A refused create-only PUT sends no body (Expect: 100-continue): count only new.
-        self._stats.add_upload(len(blob) if created else 0, created, size)
+        outcome = self._fresh.store_chunk(cid.store_key, blob, probable=probable)
+        # A refused create-only PUT sends no body (Expect: 100-continue): count what was.
+        self._stats.add_upload(outcome.sent, outcome.created, size)
+        return outcome
 
-    def _settle(
+    def _finish(
         self,
         cid: ChunkId,
-        task: Future[None],
-        done: Future[None],
+        task: Future[Outcome],
+        done: Future[Outcome],
         window: threading.BoundedSemaphore,
     ) -> None:
         window.release()
         exc = task.exception()
-        with self._known_lock:
+        with self._inflight_lock:
             self._inflight.pop(cid.hex, None)
-            if exc is None:
-                if len(self._known) >= _KNOWN_CAP:
-                    self._known.clear()
-                self._known.add(cid.hex)
-        if exc is None:
-            done.set_result(None)
-        else:
+        if exc is not None:
             done.set_exception(exc)
+            return
+        outcome = task.result()
+        if outcome.verdict is not Verdict.SETTLE:  # settled ones count once checked
+            self._evidence.note_written(cid.hex, outcome.written, self._clock.now())
+        done.set_result(outcome)
 
     def remember_chunks(self, manifest: CheckpointRecord) -> None:
-        """Mark a manifest's chunks as present (they were read back or verified)."""
-        with self._known_lock:
-            for part in manifest.parts.values():
-                self._known.update(c.id for c in part.chunks)
+        """Mark a manifest's chunks as probably stored (they were read back or verified);
+        their age is unknown, so a write checks them with a HEAD before relying on them."""
+        self._evidence.note_probable({c.id for p in manifest.parts.values() for c in p.chunks})
 
     # -- commit records ------------------------------------------------------------------
 
@@ -202,9 +240,14 @@ class Repository:
 
         Raises:
             CommitConflict: the slot is taken (a newer owner took over, or the seq is used).
+            CommitTooLate: the write's first dedup decision is more than a quarter of the
+                GC safety margin old; nothing was written.
         """
+        ids = chunk_ids(manifest)
+        self._fresh.check_bound(manifest.write_id, bool(ids), manifest.checkpoint_id)
         if not self._create_record(manifest):
             raise CommitConflict(manifest.operation_id, manifest.worker_id, manifest.seq)
+        self._evidence.note_committed(manifest.operation_id, manifest.worker_id, manifest.seq, ids)
         return manifest
 
     def settle(self, manifest: CheckpointRecord) -> str:
@@ -217,7 +260,11 @@ class Repository:
             return "absent"
         except IntegrityError:
             return "theirs"
-        return "ours" if existing.write_id == manifest.write_id else "theirs"
+        if existing.write_id != manifest.write_id:
+            return "theirs"
+        m = manifest
+        self._evidence.note_committed(m.operation_id, m.worker_id, m.seq, chunk_ids(m))
+        return "ours"
 
     def takeover(
         self, operation_id: str, worker_id: str, *, owner_token: str, fence: int
@@ -230,7 +277,7 @@ class Repository:
         record_prefix(operation_id, worker_id)  # ids first: InvalidIdentifier
         for _ in range(_TAKEOVER_ATTEMPTS):
             seq = self.latest_seq(operation_id, worker_id) + 1
-            record = _takeover_record(operation_id, worker_id, seq, owner_token, fence)
+            record = takeover_record(operation_id, worker_id, seq, owner_token, fence)
             if self._create_record(record):
                 return record
         raise CommitConflict(operation_id, worker_id, seq)
@@ -346,24 +393,3 @@ def _check_part(part: object) -> bytes | Path:
     if not path.is_file() or not os.access(path, os.R_OK):
         raise InvalidCheckpoint(f"part file {str(path)!r} is not a readable regular file")
     return path
-
-
-def _takeover_record(
-    operation_id: str, worker_id: str, seq: int, owner_token: str, fence: int
-) -> TakeoverRecord:
-    try:
-        record = TakeoverRecord(
-            version=1,
-            operation_id=operation_id,
-            worker_id=worker_id,
-            seq=seq,
-            owner_token=owner_token,
-            fence=fence,
-            write_id=new_token(),
-            created_at=utcnow(),
-        )
-    except ValidationError as exc:
-        err = exc.errors(include_input=False, include_url=False)[0]
-        where = ".".join(str(p) for p in err["loc"])
-        raise InvalidCheckpoint(f"invalid takeover: {where}: {err['msg']}") from None
-    return record.sealed()
