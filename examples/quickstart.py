@@ -126,7 +126,9 @@ def run_stage(guard: CheckpointGuard, stage: str, state: dict[str, Any]) -> int:
         guard.update_progress(100.0 * steps_done(state) / TOTAL_STEPS)
     else:
         steps = run_host_stage(guard, stage, state)
-    state["done"].append(stage)  # inside the block: the guard's final checkpoint has it
+    # Inside the block, so the guard's final checkpoint has it. "completed_stages" is the
+    # key a ResumeContext reads its completed_stages and pending_stages from.
+    state["completed_stages"].append(stage)
     return steps
 
 
@@ -155,7 +157,8 @@ def describe(rs: ResumeSystem, ctx: ResumeContext) -> str:
     meta: CheckpointMetadata = next(p for p in points if p.checkpoint_id == ctx.checkpoint_id)
     return (
         f"resumed from {ctx.checkpoint_id}: stage {ctx.stage_name}, "
-        f"{ctx.progress_percentage:.0f}% done, last host {meta.custom_metadata.get('last_host')}"
+        f"{ctx.progress_percentage:.0f}% done, last host {meta.custom_metadata.get('last_host')}; "
+        f"completed {list(ctx.completed_stages)}, pending {list(ctx.pending_stages)}"
     )
 
 
@@ -170,15 +173,14 @@ def run_pipeline(config: CheckpointConfig, op: str) -> str:
         start_when_free(rs, op)
         ctx = rs.resume_automatically(op)  # None: nothing to resume, start clean
         if ctx is None:
-            state: dict[str, Any] = {"ips": {}, "scores": {}, "report": None, "done": []}
+            state: dict[str, Any] = {"ips": {}, "scores": {}, "report": None}
+            state["completed_stages"] = []
             print("starting clean", flush=True)
         else:
             state = copy.deepcopy(dict(ctx.state))
             print(describe(rs, ctx), flush=True)
         steps = 0
-        for stage in STAGES:
-            if stage in state["done"]:
-                continue
+        for stage in STAGES if ctx is None else ctx.pending_stages:
             with CheckpointGuard(op, stage, rs) as guard:  # final checkpoint on exit
                 steps += run_stage(guard, stage, state)
         rs.complete()  # this worker, and so the operation, is done

@@ -146,7 +146,8 @@ CASES: dict[str, Case] = {
         lines=(
             rf"killed worker w0 of quickstart-{ID} with SIGKILL in stage probe",
             rf"resumed from quickstart-{ID}/w0/\d+: stage probe, \d+% done, "
-            r"last host host\d\d\.example\.net",
+            r"last host host\d\d\.example\.net; "
+            r"completed \['resolve'\], pending \['probe', 'report'\]",
             r"OK: the resumed run produced exactly the result of an uncrashed run",
         ),
         check=check_quickstart,
