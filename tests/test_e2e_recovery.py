@@ -47,18 +47,19 @@ from bbp_dist_resume import CheckpointConfig, ResumeSystem, open_repository
 from bbp_dist_resume.coordination import OperationStatus, open_coordination
 from bbp_dist_resume.coordination.url import sqlite_path
 from bbp_dist_resume.demo import pipeline as pipe
+from bbp_dist_resume.demo import plumbing, recon
 from bbp_dist_resume.errors import BBPError
 from bbp_dist_resume.policy.recovery import live_history
 
 BASE_SEED = int(os.environ.get("BBP_E2E_SEED", "1406"))
-PARAMS = pipe.Params(seed=11, hosts=400, probers=3, batch=20, sleep_s=0.05, poll_s=0.05)
-WORKERS = pipe.worker_ids(PARAMS)
-PROBERS = pipe.probers(PARAMS)
+PARAMS = recon.Params(seed=11, hosts=400, probers=3, batch=20, sleep_s=0.05, poll_s=0.05)
+WORKERS = recon.worker_ids(PARAMS)
+PROBERS = recon.probers(PARAMS)
 COMPLETE_S = 120.0  # a whole run with its crashes (about 10-25 s)
 STEP_S = 30.0  # one awaited step of a run (a commit, a takeover, a relaunch)
 EXIT_S = 15.0  # a process told to end (or SIGKILLed) is gone
 FAULTS = {  # one fault point armed in each of four first workers
-    pipe.EXPAND: "after_chunks:3",
+    recon.EXPAND: "after_chunks:3",
     "probe-0": "before_commit_record:2",
     "probe-1": "after_manifest:2",
     "probe-2": "after_commit:2",
@@ -101,7 +102,7 @@ class Run:
         self.config = config
         self.run_dir = tmp_path / "run"
         self.run_dir.mkdir()
-        self.rc = pipe.RunConfig(checkpoint=config, params=PARAMS, run_dir=str(self.run_dir))
+        self.rc = plumbing.RunConfig(checkpoint=config, params=PARAMS, run_dir=str(self.run_dir))
         self.children: dict[str, subprocess.Popen[bytes]] = {}
         self.actions: list[str] = []
         self.killed_on_purpose: set[str] = set()  # coordinators a test killed
@@ -115,7 +116,7 @@ class Run:
             env["BBP_FAULT"] = fault
         with (self.run_dir / f"{key}.stderr").open("wb") as stderr:
             self.children[key] = subprocess.Popen(
-                [sys.executable, "-m", pipe.MODULE, *args, "--config-json", self.rc.to_json()],
+                [sys.executable, "-m", plumbing.MODULE, *args, "--config-json", self.rc.to_json()],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -138,7 +139,7 @@ class Run:
 
     def procs(self) -> dict[tuple[str, int], Proc]:
         out: dict[tuple[str, int], Proc] = {}
-        for name, pid, event in pipe.iter_events(self.run_dir):
+        for name, pid, event in plumbing.iter_events(self.run_dir):
             out.setdefault((name, pid), Proc(name, pid)).events.append(event)
         return out
 
@@ -260,7 +261,7 @@ def _ours(pid: int, run_dir: Path) -> bool:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
-    return pipe.MODULE.encode() in cmdline and str(run_dir).encode() in cmdline
+    return plumbing.MODULE.encode() in cmdline and str(run_dir).encode() in cmdline
 
 
 def _signal(pid: int, sig: int, run_dir: Path) -> None:
@@ -345,7 +346,7 @@ def stop_outside_transactions(run: Run, pid: int) -> None:
 
 
 def expected_hosts(j: int) -> list[str]:
-    return [h for b in pipe.expand_batches(PARAMS) for h in pipe.split(b, PARAMS.probers)[j]]
+    return [h for b in recon.expand_batches(PARAMS) for h in recon.split(b, PARAMS.probers)[j]]
 
 
 def assert_recovered_exactly(run: Run) -> None:
@@ -358,10 +359,10 @@ def assert_recovered_exactly(run: Run) -> None:
     repo = open_repository(None, config)
     try:
         # Invariant 4: the output of a run that never crashed.
-        rank_ids = [c for c in reader.list_checkpoints(op) if c.split("/")[1] == pipe.RANK]
+        rank_ids = [c for c in reader.list_checkpoints(op) if c.split("/")[1] == recon.RANK]
         last = max(rank_ids, key=lambda c: int(c.rsplit("/", 1)[1]))
-        csv = reader.open_checkpoint(last).attachment(pipe.CSV_NAME)
-        assert csv == pipe.reference_csv(PARAMS), "the final CSV differs from an uncrashed run"
+        csv = reader.open_checkpoint(last).attachment(recon.CSV_NAME)
+        assert csv == recon.reference_csv(PARAMS), "the final CSV differs from an uncrashed run"
 
         # Invariant 1: no torn checkpoint listed, restored or read.
         listed = reader.list_checkpoints(op)
@@ -415,8 +416,8 @@ def _start(record: Any, channel: str) -> int:
 def assert_bounded_redo(run: Run, reader: ResumeSystem, records: dict[str, list[Any]]) -> None:
     """Invariant 2: on the live lineage exactly an uncrashed run's batches, contiguous and
     holding exactly each worker's input; at most one extra checkpoint per own crash."""
-    exact = pipe.exact_checkpoints(PARAMS)
-    sizes = pipe.partition_sizes(PARAMS)
+    exact = recon.exact_checkpoints(PARAMS)
+    sizes = recon.partition_sizes(PARAMS)
     live = {w: live_history(rs) for w, rs in records.items()}
     for worker in WORKERS:
         total = sum(1 for r in records[worker] if r.kind == "checkpoint")
@@ -434,8 +435,8 @@ def assert_bounded_redo(run: Run, reader: ResumeSystem, records: dict[str, list[
             f"{worker}: {total} checkpoints for {exact[worker]} batches and {crashes} crashes"
         )
 
-    offsets = dict.fromkeys((pipe.targets(j) for j in range(PARAMS.probers)), 0)
-    for r in live[pipe.EXPAND]:
+    offsets = dict.fromkeys((recon.targets(j) for j in range(PARAMS.probers)), 0)
+    for r in live[recon.EXPAND]:
         for channel in offsets:
             assert _start(r, channel) == offsets[channel], f"expand/{r.seq}: gap on {channel}"
             offsets[channel] = r.produced[channel]
@@ -443,21 +444,21 @@ def assert_bounded_redo(run: Run, reader: ResumeSystem, records: dict[str, list[
 
     op = run.op
     for j, worker in enumerate(PROBERS):
-        src, dst = pipe.targets(j), pipe.probes(j)
+        src, dst = recon.targets(j), recon.probes(j)
         consumed, produced, out = 0, 0, []
         for r in live[worker]:
             assert _start(r, dst) == produced, f"{worker}/{r.seq}: gap on {dst}"
             assert r.consumed[src] >= consumed, f"{worker}/{r.seq}: read {src} backwards"
             ctx = reader.open_checkpoint(f"{op}/{worker}/{r.seq}")
-            batch = pipe.decode_lines(ctx.attachment(dst)) if dst in ctx.attachment_names else []
+            batch = recon.decode_lines(ctx.attachment(dst)) if dst in ctx.attachment_names else []
             assert len(batch) == r.produced[dst] - produced, f"{worker}/{r.seq}: batch size"
             out += batch
             consumed, produced = r.consumed[src], r.produced[dst]
         assert consumed == produced == sizes[j], f"{worker}: did not process exactly its input"
-        assert out == [pipe.probe(h) for h in expected_hosts(j)], f"{worker}: wrong records"
+        assert out == [recon.probe(h) for h in expected_hosts(j)], f"{worker}: wrong records"
 
-    ranked = dict.fromkeys((pipe.probes(j) for j in range(PARAMS.probers)), 0)
-    for r in live[pipe.RANK]:
+    ranked = dict.fromkeys((recon.probes(j) for j in range(PARAMS.probers)), 0)
+    for r in live[recon.RANK]:
         for channel, before in ranked.items():
             assert r.consumed[channel] >= before, f"rank/{r.seq}: read {channel} backwards"
         ranked = dict(r.consumed)
@@ -546,7 +547,7 @@ def test_workers_exiting_at_each_commit_fault_point_are_relaunched_and_the_outpu
             assert replacements, f"{worker} was not relaunched"
             assert all(p.first("start")["fault"] is None for p in replacements), worker
             assert run.crashes(worker) == 1, worker
-        assert run.crashes(pipe.RANK) == 0
+        assert run.crashes(recon.RANK) == 0
         assert_recovered_exactly(run)
 
 
@@ -641,7 +642,7 @@ def test_redis_restarted_empty_mid_run_is_repaired_from_the_store_and_the_output
     with pipeline_run(tmp_path, config, BASE_SEED + 5) as run:
         run.start_coordinator()
         run.start_workers()
-        run.wait_for("expand half way", lambda: commits(run, pipe.EXPAND) >= 8)
+        run.wait_for("expand half way", lambda: commits(run, recon.EXPAND) >= 8)
         holders = [w for w in WORKERS if run.running(w)]
         restart_redis()
         run.actions.append(f"{time.monotonic():.2f} redis restarted; holders {holders}")
@@ -666,7 +667,7 @@ def test_worker_taking_its_slot_after_redis_lost_its_data_gets_a_fence_above_the
     with pipeline_run(tmp_path, config, BASE_SEED + 6) as run:
         coordinator = run.start_coordinator()
         run.start_workers()
-        run.wait_for("expand a quarter way", lambda: commits(run, pipe.EXPAND) >= 5)
+        run.wait_for("expand a quarter way", lambda: commits(run, recon.EXPAND) >= 5)
         os.kill(coordinator.pid, signal.SIGSTOP)  # the repair waits until the new owner is in
         run.actions.append(f"{time.monotonic():.2f} SIGSTOP coordinator-c1")
         run.wait_for("the coordinator stopped", lambda: _state(coordinator.pid) == "T", 5)
@@ -677,15 +678,15 @@ def test_worker_taking_its_slot_after_redis_lost_its_data_gets_a_fence_above_the
             assert code in (pipe.EXIT_DONE, pipe.EXIT_LEASE_LOST), (worker, code)
         repo = open_repository(None, config)
         try:
-            before = max(r.fence for r in repo.records(run.op, pipe.EXPAND))
+            before = max(r.fence for r in repo.records(run.op, recon.EXPAND))
         finally:
             repo.close()
-        run.start_worker(pipe.EXPAND, key="expand-after-the-loss")
+        run.start_worker(recon.EXPAND, key="expand-after-the-loss")
         run.wait_for(
             "expand taken over after the loss",
-            lambda: any(p.has("monitoring") for p in run.of(pipe.EXPAND)[1:]),
+            lambda: any(p.has("monitoring") for p in run.of(recon.EXPAND)[1:]),
         )
-        fence = run.of(pipe.EXPAND)[1].first("monitoring")["fence"]
+        fence = run.of(recon.EXPAND)[1].first("monitoring")["fence"]
         os.kill(coordinator.pid, signal.SIGCONT)
         run.actions.append(f"{time.monotonic():.2f} SIGCONT coordinator-c1")
         run.wait_completed()
