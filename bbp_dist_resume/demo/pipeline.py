@@ -36,8 +36,8 @@ other through the store, and recover. The pattern, in the order a worker meets i
    next call raises ``RollbackRequested``; it resumes again (step 1) and redoes the work
    after its plan entry.
 
-5. **Finish** (``complete()``). The slot is done and is never relaunched; once every slot
-   is done, the operation is COMPLETED. ``rank`` writes ``ranked.csv`` as an attachment
+5. **Finish** (``complete()``). The slot is done (the coordinator no longer counts it as
+   crashed); once every slot is done, the operation is COMPLETED. ``rank`` writes ``ranked.csv`` as an attachment
    of its last checkpoint, so the output is committed like any checkpoint.
 
 A ``LeaseLostError`` ends the process: a newer owner holds the slot. The coordinator
