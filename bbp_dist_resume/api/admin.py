@@ -9,47 +9,40 @@ the workers work.
 
 from __future__ import annotations
 
-import json
-import os
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
+from bbp_dist_resume.api import admin_views as views
 from bbp_dist_resume.api import resume as rsm
 from bbp_dist_resume.api.admin_models import (
     CheckpointDetails,
-    LeaseHealth,
     OperationView,
-    PartView,
-    WorkerView,
 )
 from bbp_dist_resume.api.catalog import Catalog, metadata_of
 from bbp_dist_resume.api.maintenance import Maintenance
 from bbp_dist_resume.api.manager import ResumeSystemManager
 from bbp_dist_resume.api.models import CheckpointMetadata, ResumeContext, ResumeMode
 from bbp_dist_resume.api.resume_system import ResumeSystem
-from bbp_dist_resume.api.snapshot import ATTACHMENT_PREFIX
 from bbp_dist_resume.config import CheckpointConfig
-from bbp_dist_resume.coordination import CheckpointSummary, Coordination, SlotState
+from bbp_dist_resume.coordination import Coordination
 from bbp_dist_resume.coordination.rebuild import RebuildReport, rebuild_from_store
 from bbp_dist_resume.errors import (
     IntegrityError,
     InvalidCheckpoint,
     InvalidIdentifier,
-    InvalidStateError,
     ObjectNotFound,
     UnknownOperation,
 )
 from bbp_dist_resume.ids import check_id, parse_checkpoint_id
 from bbp_dist_resume.policy.plan import RecoveryPlan
-from bbp_dist_resume.repository import ChunkId, Manifest, PartRef, Repository, VerifyReport
+from bbp_dist_resume.repository import Manifest, Repository, VerifyReport
+from bbp_dist_resume.repository.gc import GcReport, collect_garbage
 
 Progress = Callable[[int, int], None]
-STATE_FILE = "state.json"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,9 +107,9 @@ class Admin:
         except UnknownOperation:
             if not histories:
                 raise
-            return _store_only(operation_id, histories)
+            return views.store_only(operation_id, histories)
         workers = tuple(
-            _worker_view(
+            views.worker_view(
                 operation_id, s, info.progress.get(s.worker_id), histories.get(s.worker_id, [])
             )
             for s in slots
@@ -127,7 +120,7 @@ class Admin:
             created_at=datetime.fromtimestamp(info.created_at, UTC),
             generation=info.generation,
             workers=workers,
-            logical_bytes=_logical(histories),
+            logical_bytes=views.logical(histories),
         )
 
     def resume_points(self, operation_id: str, worker_id: str | None = None) -> list[Any]:
@@ -177,8 +170,8 @@ class Admin:
         repo, _, catalog = self._open()
         manifest = catalog.manifest(checkpoint_id)
         previous = self._previous(manifest)
-        old = _chunk_ids(previous) if previous is not None else set()
-        sizes = _chunk_sizes(manifest)
+        old = views.chunk_ids(previous) if previous is not None else set()
+        sizes = views.chunk_sizes(manifest)
         return CheckpointDetails(
             metadata=metadata_of(manifest, verified=True),
             owner_token=manifest.owner_token,
@@ -186,12 +179,12 @@ class Admin:
             write_id=manifest.write_id,
             base=manifest.base,
             encrypted=repo.encrypted,
-            parts=tuple(_part_view(name, part, old) for name, part in manifest.parts.items()),
+            parts=tuple(views.part_view(name, part, old) for name, part in manifest.parts.items()),
             unique_chunks=len(sizes),
             unique_bytes=sum(sizes.values()),
             previous=previous.checkpoint_id if previous is not None else None,
             new_bytes=sum(size for cid, size in sizes.items() if cid not in old),
-            stored_bytes=_stored_bytes(repo, list(sizes)) if measure_stored else None,
+            stored_bytes=views.stored_bytes(repo, list(sizes)) if measure_stored else None,
         )
 
     def _previous(self, manifest: Manifest) -> Manifest | None:
@@ -256,7 +249,7 @@ class Admin:
             context = rs.resume_from_checkpoint(operation_id, mode, chooser=chooser)
             if context is None:
                 return None
-            files = _write_out(context, dest, on_file) if dest is not None else {}
+            files = views.write_out(context, dest, on_file) if dest is not None else {}
         return RestoreResult(context=context, files=files)
 
     # -- maintenance ---------------------------------------------------------------------
@@ -280,6 +273,15 @@ class Admin:
                 out[op] = expired
         return out
 
+    def collect_garbage(
+        self, *, dry_run: bool = False, progress: Progress | None = None
+    ) -> GcReport:
+        """Delete chunks no commit record references, older than ``gc_safety_margin``
+        (``repository/gc.py`` has the safety rule). Raises ``GarbageCollectionAborted``
+        when a commit record cannot be read (nothing deleted)."""
+        repo, _, _ = self._open()
+        return collect_garbage(repo, dry_run=dry_run, progress=progress)
+
     def rebuild_index(self) -> RebuildReport:
         """Rebuild every index and fence from the store's commit records."""
         repo, coord, _ = self._open()
@@ -287,113 +289,6 @@ class Admin:
 
     def statistics(self) -> Any:
         return self._manager.get_global_statistics()
-
-
-def _write_out(
-    context: ResumeContext, dest: Path, on_file: Callable[[str, Path], None] | None
-) -> dict[str, Path]:
-    names = [STATE_FILE, *context.attachment_names]
-    clash = [n for n in names if (dest / n).exists()]
-    if clash:
-        raise InvalidStateError(f"{dest / clash[0]} exists: restore into an empty folder")
-    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
-    files = {"state": dest / STATE_FILE}
-    text = json.dumps(dict(context.state), indent=2, sort_keys=True, default=str)
-    fd = os.open(files["state"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as out:
-        out.write(text + "\n")
-    if on_file is not None:
-        on_file("state", files["state"])
-    for name in context.attachment_names:
-        files[name] = context.restore_attachment(name, dest / name)
-        if on_file is not None:
-            on_file(name, files[name])
-    return files
-
-
-def _worker_view(
-    operation_id: str, slot: SlotState, progress: float | None, history: list[CheckpointSummary]
-) -> WorkerView:
-    checkpoints = [s for s in history if s.kind == "checkpoint"]
-    latest = checkpoints[-1] if checkpoints else None
-    return WorkerView(
-        worker_id=slot.worker_id,
-        lease=_health(slot),
-        lease_ms=slot.lease_ms,
-        fence=slot.fence,
-        progress=progress,
-        checkpoints=len(checkpoints),
-        latest=None if latest is None else f"{operation_id}/{slot.worker_id}/{latest.seq}",
-        latest_at=None if latest is None else datetime.fromisoformat(latest.created_at),
-    )
-
-
-def _health(slot: SlotState) -> LeaseHealth:
-    if slot.done:
-        return LeaseHealth.DONE
-    if slot.lease_ms is not None:
-        return LeaseHealth.HELD
-    return LeaseHealth.EXPIRED if slot.fence else LeaseHealth.NEVER
-
-
-def _store_only(operation_id: str, histories: dict[str, list[CheckpointSummary]]) -> OperationView:
-    """An operation the backend does not know (lost, or another backend's): the store's view."""
-    workers = tuple(
-        _worker_view(operation_id, _stored_slot(w, h), None, h)
-        for w, h in sorted(histories.items())
-    )
-    return OperationView(
-        operation_id=operation_id,
-        status="unknown",
-        created_at=None,
-        generation=0,
-        workers=workers,
-        logical_bytes=_logical(histories),
-    )
-
-
-def _stored_slot(worker: str, history: list[CheckpointSummary]) -> SlotState:
-    fence = max((s.fence for s in history), default=0)
-    return SlotState(worker_id=worker, fence=fence, lease_ms=None, done=False)
-
-
-def _logical(histories: dict[str, list[CheckpointSummary]]) -> int:
-    return sum(s.size for h in histories.values() for s in h if s.kind == "checkpoint")
-
-
-def _chunk_ids(manifest: Manifest) -> set[str]:
-    return {c.id for part in manifest.parts.values() for c in part.chunks}
-
-
-def _chunk_sizes(manifest: Manifest) -> dict[str, int]:
-    return {c.id: c.size for part in manifest.parts.values() for c in part.chunks}
-
-
-def _part_view(name: str, part: PartRef, old: set[str]) -> PartView:
-    seen: set[str] = set()
-    new = 0
-    for c in part.chunks:
-        if c.id not in old and c.id not in seen:
-            new += c.size
-        seen.add(c.id)
-    return PartView(
-        name=name.removeprefix(ATTACHMENT_PREFIX),
-        size=part.size,
-        chunks=len(part.chunks),
-        inline=part.inline is not None,
-        new_bytes=new,
-    )
-
-
-def _stored_bytes(repo: Repository, ids: list[str]) -> int:
-    """Encoded bytes of the chunks in the store (a missing chunk counts 0)."""
-
-    def size(cid: str) -> int:
-        info = repo.store.head(ChunkId.parse(cid).store_key)
-        return info.size if info is not None else 0
-
-    with ThreadPoolExecutor(8, thread_name_prefix="bbp-admin") as pool:
-        return sum(pool.map(size, ids))
 
 
 __all__ = ["Admin", "CheckpointMetadata", "RestoreResult"]

@@ -1,4 +1,4 @@
-"""``retention`` and ``rebuild-index``: housekeeping of the store and the index."""
+"""``retention``, ``gc`` and ``rebuild-index``: housekeeping of the store and the index."""
 
 from __future__ import annotations
 
@@ -35,6 +35,29 @@ def retention(app: App, operation: str | None, dry_run: bool, as_json: bool) -> 
     app.out.print(f"{verb} {total} checkpoints", markup=False)
 
 
+@click.command()
+@click.option("--dry-run", is_flag=True, help="Mark and check, delete nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@pass_app
+def gc(app: App, dry_run: bool, as_json: bool) -> None:
+    """Delete chunks that no checkpoint references and that are older than
+    gc_safety_margin. Safe while workers checkpoint (README: Garbage collection);
+    a commit record it cannot read aborts it with nothing deleted."""
+    with app.admin() as admin, out.progress(app.err, "collecting", show=app.interactive) as tick:
+        report = admin.collect_garbage(dry_run=dry_run, progress=tick)
+    if as_json:
+        out.emit_json(app.out, report)
+        return
+    verb = "would delete" if dry_run else "deleted"
+    app.out.print(
+        f"{report.chunks_seen} chunks, {report.chunks_referenced} referenced by "
+        f"{report.records_seen} commit records, {report.candidates} older than "
+        f"{report.margin:g} s; {verb} {report.deleted} ({out.size(report.bytes_freed)}), "
+        f"kept {report.kept} rewritten since, in {report.duration:.1f} s",
+        markup=False,
+    )
+
+
 @click.command("rebuild-index")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
@@ -53,4 +76,4 @@ def rebuild_index(app: App, as_json: bool) -> None:
     )
 
 
-COMMANDS = [retention, rebuild_index]
+COMMANDS = [retention, gc, rebuild_index]
