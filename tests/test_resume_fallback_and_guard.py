@@ -203,6 +203,26 @@ def test_guard_takes_a_final_checkpoint_on_exit_except_with_coarse_granularity(
     assert ctx is not None and ctx.state == {"rows": 12}
 
 
+def test_a_new_guard_starts_from_the_workers_progress_not_zero(
+    make_config: MakeConfig, systems: Systems
+) -> None:
+    op = new_op()
+    rs = systems(make_config(strategy=CheckpointStrategy.MANUAL))
+    with CheckpointGuard(op, "scan", rs) as first:
+        first.set_pipeline_state({"n": 1})
+        first.update_progress(99.0)
+    with CheckpointGuard(op, "report", rs) as second:
+        second.set_pipeline_state({"n": 2})  # no update_progress in this task
+    assert newest_point(rs, op).progress_percentage == 99.0
+    rs.shutdown()  # a restart of the same worker: resumed at 99%
+    resumed = systems(make_config(strategy=CheckpointStrategy.MANUAL))
+    resumed.start_monitoring(op)
+    assert resumed.resume_automatically(op) is not None
+    with CheckpointGuard(op, "report", resumed) as third:
+        third.set_pipeline_state({"n": 3})
+    assert newest_point(resumed, op).progress_percentage == 99.0
+
+
 def test_guard_force_checkpoint_checkpoints_now(make_config: MakeConfig, systems: Systems) -> None:
     op = new_op()
     rs = systems(make_config(strategy=CheckpointStrategy.MANUAL))

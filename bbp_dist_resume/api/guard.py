@@ -37,7 +37,9 @@ class CheckpointGuard:
         self._rs = resume_system
         self._state: Mapping[str, Any] = {}
         self._metadata: dict[str, str] = {}
-        self._progress = 0.0
+        # Where the worker stands now (restored or reported): a final checkpoint of a
+        # guard that never saw update_progress must not record 0% after 99%.
+        self._progress = resume_system._ckpt().progress
         self.last_checkpoint_id: str | None = None
         current = resume_system.operation_id
         if current is None:
