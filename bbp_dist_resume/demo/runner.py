@@ -60,14 +60,14 @@ from bbp_dist_resume.repository import open_repository
 # The demo's pace: leases lapse 3 s after a crash, the coordinator looks every 0.2 s.
 DEMO_TIMING: dict[str, Any] = {"lease_ttl": 3, "heartbeat_interval": 1, "scan_interval": 0.2}
 # Every checkpoint kept (the report counts them all and consumers read old batches), a
-# failed checkpoint raises, and chunks small enough for the demo's ~40 KB states to show
-# what incremental checkpoints of large states do with the default 1 MiB chunks.
+# failed checkpoint raises, and 1 KiB chunks: rank's state grows to ~40 KB, and chunks
+# that size dedup it as the default 1 MiB chunks dedup states of tens of MB.
 DEMO_SETTINGS: dict[str, Any] = DEMO_TIMING | {
     "strict": True,
     "auto_cleanup": False,
-    "chunk_min_size": 512,
-    "chunk_avg_size": 2048,
-    "chunk_max_size": 8192,
+    "chunk_min_size": 256,
+    "chunk_avg_size": 1024,
+    "chunk_max_size": 4096,
 }
 DEFAULT_HOSTS = 600
 BATCH = 20
