@@ -37,8 +37,9 @@ other through the store, and recover. The pattern, in the order a worker meets i
    after its plan entry.
 
 5. **Finish** (``complete()``). The slot is done (the coordinator no longer counts it as
-   crashed); once every slot is done, the operation is COMPLETED. ``rank`` writes ``ranked.csv`` as an attachment
-   of its last checkpoint, so the output is committed like any checkpoint.
+   crashed); once every slot is done, the operation is COMPLETED. ``rank`` writes
+   ``ranked.csv`` as an attachment of its last checkpoint, so the output is committed
+   like any checkpoint.
 
 A ``LeaseLostError`` ends the process: a newer owner holds the slot. The coordinator
 (``coordinator.py``) notices an expired lease within ``lease_ttl + scan_interval``,
