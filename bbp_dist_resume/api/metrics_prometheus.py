@@ -121,10 +121,15 @@ class PrometheusRecorder:
         CHECKPOINTS.labels(op, worker, stage, "committed" if ok else "failed").inc()
         if ok:
             series.commit.observe(seconds)
-        series.logical.inc(written.logical_bytes)
-        series.uploaded.inc(written.uploaded_bytes)
-        series.stored.inc(written.stored_bytes)
-        series.dedup.inc(written.chunks_deduplicated)
+        # Each inc() takes a lock: skip the zeros (nothing new stored, nothing deduplicated).
+        for counter, amount in (
+            (series.logical, written.logical_bytes),
+            (series.uploaded, written.uploaded_bytes),
+            (series.stored, written.stored_bytes),
+            (series.dedup, written.chunks_deduplicated),
+        ):
+            if amount:
+                counter.inc(amount)
 
     def blocked(self, op: str, worker: str, seconds: float) -> None:
         self._of(op, worker).blocking.observe(seconds)

@@ -130,7 +130,6 @@ class ResumeSystem(SystemCore):
     def _create(self, args: CheckpointArgs) -> str | Future[str]:
         return self._ckpt().create(self._require_session(), args)
 
-    @scoped
     def create_automatic_checkpoint(
         self, stage_name: str, pipeline_state: Mapping[str, Any], progress_percentage: float = 0.0
     ) -> str | None:
