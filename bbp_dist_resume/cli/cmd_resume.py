@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -43,15 +44,9 @@ def resume(
     """Resume WORKER of OPERATION by mode, as the worker itself would, without taking its
     lease: show the checkpoint it would go on from, and restore it with --to."""
     chooser = _numbered_picker(app) if mode == "interactive" else None
-    with app.admin() as admin, out.progress(app.err, "restoring", show=app.interactive) as tick:
-        files_done: list[str] = []
-
-        def on_file(name: str, path: Path) -> None:
-            files_done.append(name)
-            tick(len(files_done), len(files_done))
-
+    with app.admin() as admin, ExitStack() as stack:
         result = admin.restore(
-            operation, worker, _MODES[mode], dest, chooser=chooser, on_file=on_file
+            operation, worker, _MODES[mode], dest, chooser=chooser, on_file=_FileBar(app, stack)
         )
     if result is None:
         raise click.ClickException("the chosen checkpoint failed verification; nothing restored")
@@ -59,6 +54,24 @@ def resume(
         out.emit_json(app.out, _result_dict(result))
     else:
         _result_text(app, result)
+
+
+class _FileBar:
+    """Counts the files written on a progress bar that starts with the first file, after
+    the interactive picker's prompt: a live bar would draw over the prompt."""
+
+    def __init__(self, app: App, stack: ExitStack) -> None:
+        self._app = app
+        self._stack = stack
+        self._tick: out.Tick | None = None
+        self._done = 0
+
+    def __call__(self, name: str, path: Path) -> None:
+        if self._tick is None:
+            bar = out.progress(self._app.err, "restoring", show=self._app.interactive)
+            self._tick = self._stack.enter_context(bar)
+        self._done += 1
+        self._tick(self._done, self._done)
 
 
 def _numbered_picker(app: App) -> Any:
