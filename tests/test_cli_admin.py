@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 from pathlib import Path
 
 import pytest
-from cli_helpers import Cli, Ran, snapshot, urls, wipe_backend
+from cli_helpers import (
+    Cli,
+    Ran,
+    checkpoint_with_own_chunks,
+    chunk_keys,
+    snapshot,
+    urls,
+    wipe_backend,
+)
 from resume_helpers import MakeConfig, index_seqs, new_op, record_seqs
 
 from bbp_dist_resume import CheckpointConfig, ResumeSystem
+from bbp_dist_resume.blobstore import open_store
 
 # isort: split
 # Fixtures reach a test module by being imported into it (autouse ones included).
@@ -274,3 +284,55 @@ def test_keys_init_twice_and_add_with_a_wrong_secret_fail_and_change_nothing(
     assert unset.error_line() == "no encryption_key configured: set BBP_ENCRYPTION_KEY"
     assert snapshot(config) == before
     no_secret(twice, wrong, unset)
+
+
+# -- gc ----------------------------------------------------------------------------------------
+
+GC_MARGIN_S = 4  # the least gc_safety_margin the config takes
+
+
+def wait_until_older_than(store_url: str, keys: set[str], seconds: float) -> None:
+    """Until the store says every key is older than ``seconds`` (its clock, not ours)."""
+    store = open_store(store_url)
+    try:
+        deadline = time.monotonic() + seconds + 30
+        while True:
+            ages = [store.head(k) for k in keys]
+            if all(i is not None and i.age is not None and i.age > seconds for i in ages):
+                return
+            assert time.monotonic() < deadline, f"objects did not age past {seconds} s"
+            time.sleep(0.25)
+    finally:
+        store.close()
+
+
+def test_gc_dry_run_deletes_nothing_and_gc_deletes_only_unreferenced_old_chunks(
+    make_config: MakeConfig, cli: Cli, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writers keep the default margin: nothing writes while this test collects.
+    config, op = make_config(inline_threshold=0), new_op()
+    with ResumeSystem(config, "w0") as rs:
+        rs.start_monitoring(op)
+        gone, gone_keys = checkpoint_with_own_chunks(rs, "a", {"blob": "x" * 5000})
+        kept, kept_keys = checkpoint_with_own_chunks(rs, "b", {"blob": "y" * 5000})
+        assert rs.delete_checkpoint(gone)
+    monkeypatch.setenv("BBP_GC_SAFETY_MARGIN", str(GC_MARGIN_S))
+    young = cli(*urls(config), "gc", "--json").json()  # nothing is old enough yet
+    assert (young["candidates"], young["deleted"], young["margin"]) == (0, 0, GC_MARGIN_S)
+    assert chunk_keys(config.store_url) == set(gone_keys) | set(kept_keys)
+    wait_until_older_than(config.store_url, set(gone_keys) | set(kept_keys), GC_MARGIN_S + 1.5)
+    before = snapshot(config)
+    sizes = {k: len(before[0][k]) for k in gone_keys}
+    dry = cli(*urls(config), "gc", "--dry-run", "--json").json()
+    assert dry["dry_run"] is True
+    assert (dry["deleted"], dry["bytes_freed"]) == (len(gone_keys), sum(sizes.values()))
+    assert dry["chunks_seen"] == len(gone_keys) + len(kept_keys)
+    assert dry["chunks_referenced"] == len(kept_keys)
+    assert snapshot(config) == before
+    ran = cli(*urls(config), "gc")
+    assert ran.code == 0 and ran.err == ""
+    assert f"deleted {len(gone_keys)} (" in ran.out
+    assert chunk_keys(config.store_url) == set(kept_keys)
+    assert cli(*urls(config), "verify", kept, "--deep").code == 0
+    again = cli(*urls(config), "gc", "--json").json()
+    assert (again["deleted"], again["chunks_seen"]) == (0, len(kept_keys))
