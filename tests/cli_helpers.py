@@ -7,6 +7,7 @@ A fixture defined here reaches a test module only when the module imports it by 
 
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -16,6 +17,7 @@ import select
 import sqlite3
 import subprocess
 import sys
+import termios
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -128,7 +130,13 @@ def run_on_terminal(
     master, slave = pty.openpty()
     env = script_env({"COLUMNS": "120", "LINES": "40", "TERM": "xterm-256color"})
     proc = subprocess.Popen(
-        [str(SCRIPT), *args], stdin=slave, stdout=subprocess.PIPE, stderr=slave, env=env
+        [str(SCRIPT), *args],
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=slave,
+        env=env,
+        start_new_session=True,
+        preexec_fn=_controlling_terminal,  # noqa: PLW1509 - no lock is taken in it
     )
     os.close(slave)
     try:
@@ -139,7 +147,15 @@ def run_on_terminal(
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        assert proc.stdout is not None
+        proc.stdout.close()
     return OnTerminal(proc.returncode, out, shown)
+
+
+def _controlling_terminal() -> None:
+    """In the child, a session leader by now: make stdin (the pseudo-terminal) its
+    controlling terminal, so that Ctrl-C typed there sends it SIGINT."""
+    fcntl.ioctl(0, termios.TIOCSCTTY, 0)
 
 
 def _talk(

@@ -67,8 +67,10 @@ def test_the_interactive_picker_lists_the_points_and_restores_the_number_typed(
     for number, cid in enumerate(made, 1):
         (row,) = [line for line in listed.splitlines() if f" {cid} " in line]
         assert row.split("│")[1].strip() == str(number)
-    # No progress bar before the answer: it would draw over the prompt.
+    # No progress bar before the answer (it would draw over the prompt); one after it,
+    # while the files are written.
     assert "restoring" not in listed
+    assert "restoring" in shown[shown.index("resume from") :]
     got = json.loads(ran.out)
     assert (got["checkpoint_id"], got["reason"]) == (made[1], "chosen interactively")
     assert json.loads((dest / "state.json").read_text()) == {"stage": "second"}
@@ -90,3 +92,31 @@ def test_typing_0_at_the_picker_starts_clean_and_writes_only_the_empty_state(
     got = json.loads(ran.out)
     assert got["checkpoint_id"] is None and got["attachments"] == []
     assert json.loads((dest / "state.json").read_text()) == {}
+
+
+def test_ctrl_c_at_the_picker_is_exit_130_with_one_line_and_nothing_written(
+    embedded: tuple[CheckpointConfig, list[str]], tmp_path: Path
+) -> None:
+    config, _ = embedded
+    dest = tmp_path / "never"
+    ran = run_on_terminal(
+        *urls(config),
+        *["resume", "op1", "--worker", "w0", "--mode", "interactive", "--to", str(dest)],
+        answers=[(b"resume from", b"\x03")],  # Ctrl-C: the terminal sends SIGINT
+    )
+    assert ran.code == 130, ran
+    shown = ran.terminal.decode()
+    assert shown.rstrip().endswith("bbp-resume: error: interrupted"), shown
+    assert "Traceback" not in shown and ran.out == ""
+    assert not dest.exists()
+
+
+def test_gc_shows_its_progress_bar_on_a_terminal(
+    embedded: tuple[CheckpointConfig, list[str]],
+) -> None:
+    config, _ = embedded
+    ran = run_on_terminal(*urls(config), "gc", "--dry-run")
+    assert ran.code == 0, ran
+    assert "collecting" in ran.terminal.decode()
+    no_terminal_output(ran.out)
+    assert "would delete 0" in ran.out
