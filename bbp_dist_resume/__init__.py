@@ -49,6 +49,7 @@ from bbp_dist_resume.errors import (
     StoreUnavailable,
     StoreUnsafeError,
     UnknownOperation,
+    WorkerFinished,
 )
 from bbp_dist_resume.policy.plan import PlanEntry, RecoveryPlan
 from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository, open_repository
@@ -99,6 +100,7 @@ __all__ = [
     "StoreUnavailable",
     "StoreUnsafeError",
     "UnknownOperation",
+    "WorkerFinished",
     "__version__",
     "create_default_config",
     "create_high_frequency_config",

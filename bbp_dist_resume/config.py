@@ -33,7 +33,7 @@ from bbp_dist_resume.ids import check_id
 
 _ENV_PREFIX = "BBP_"
 # BBP_ variables that are not config fields (read by the CLI and the test fixtures).
-_ENV_NOT_FIELDS = frozenset({"BBP_CONFIG", "BBP_DEBUG", "BBP_LOG_FORMAT"})
+_ENV_NOT_FIELDS = frozenset({"BBP_CONFIG", "BBP_DEBUG", "BBP_LOG_FORMAT", "BBP_FAULT"})
 _ENV_IGNORED_PREFIXES = ("BBP_TEST_",)
 _HOST = re.compile(r"[A-Za-z0-9:][A-Za-z0-9.:-]*")
 

@@ -27,6 +27,7 @@
     └── CoordinationError                    the coordination backend (Redis, SQLite)
         ├── UnknownOperation (LookupError)   no operation with that id
         ├── LeaseHeldError                   a live owner holds the lease
+        │   └── WorkerFinished               the worker completed: its slot is closed for good
         ├── LeaseLostError                   the caller no longer owns its lease
         ├── FencedError                      a write carried a stale owner token or fence
         └── CoordinationUnavailable          transient: the backend did not answer
@@ -239,6 +240,15 @@ class LeaseHeldError(CoordinationError):
         self.operation_id = operation_id
         self.worker_id = worker_id
         super().__init__(f"lease {operation_id}/{worker_id} is held by a live owner")
+
+
+class WorkerFinished(LeaseHeldError):
+    """The worker of (operation, worker) already completed: its slot can never be taken
+    again (a late relaunch must not redo finished work). Nothing is left to do."""
+
+    def __init__(self, operation_id: str, worker_id: str) -> None:
+        super().__init__(operation_id, worker_id)
+        self.args = (f"worker {operation_id}/{worker_id} already finished",)
 
 
 class LeaseLostError(CoordinationError):

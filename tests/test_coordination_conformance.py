@@ -46,6 +46,7 @@ from bbp_dist_resume.errors import (
     LeaseHeldError,
     LeaseLostError,
     UnknownOperation,
+    WorkerFinished,
 )
 
 BACKENDS = ("redis", "cluster", "sqlite")
@@ -545,6 +546,19 @@ def test_slot_states_show_each_workers_fence_lease_and_done_flag(
     assert (states["w2"].lease_ms, states["w2"].done) == (None, True)
     coord.release(live)
     assert coord.slot_states(OP)[0].lease_ms is None
+
+
+def test_a_finished_workers_slot_can_never_be_acquired_again(
+    coord: Coordination, op: OperationInfo
+) -> None:
+    lease = coord.acquire(OP, "w0", ttl_ms=LONG_TTL_MS)
+    coord.mark_worker_done(lease)
+    with pytest.raises(WorkerFinished) as exc:
+        coord.acquire(OP, "w0", ttl_ms=LONG_TTL_MS)
+    assert isinstance(exc.value, LeaseHeldError)  # callers that handle "held" stop too
+    assert "w0 already finished" in str(exc.value)
+    assert coord.fence_of(OP, "w0") == lease.fence  # no new fence, nothing taken
+    assert coord.slot_states(OP)[0].done
 
 
 def test_slot_states_of_an_unknown_operation_is_an_error(coord: Coordination) -> None:

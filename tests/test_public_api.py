@@ -26,6 +26,7 @@ EXPECTED = {
     "LeaseHeldError",
     "LeaseLostError",
     "UnknownOperation",
+    "WorkerFinished",
     "BucketNotFound",
     "CheckpointConfig",
     "CheckpointGranularity",

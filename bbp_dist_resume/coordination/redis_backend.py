@@ -35,6 +35,7 @@ from bbp_dist_resume.errors import (
     LeaseHeldError,
     LeaseLostError,
     UnknownOperation,
+    WorkerFinished,
 )
 from bbp_dist_resume.ids import check_id, check_seq
 
@@ -146,7 +147,14 @@ class RedisCoordination:
         result = self._retry(
             lambda: self._script(
                 "ACQUIRE",
-                [slot["meta"], slot["lease"], slot["fence"], slot["deadlines"], slot["owner"]],
+                [
+                    slot["meta"],
+                    slot["lease"],
+                    slot["fence"],
+                    slot["deadlines"],
+                    slot["owner"],
+                    slot["done"],
+                ],
                 [worker_id, token, check_ttl(ttl_ms)],
             )
         )
@@ -157,6 +165,8 @@ class RedisCoordination:
             raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
         if code == -3:
             raise LeaseHeldError(operation_id, worker_id)
+        if code == -4:
+            raise WorkerFinished(operation_id, worker_id)
         self._mirror_deadline(operation_id, worker_id, int(result[1]))
         return Lease(
             operation_id=operation_id,

@@ -26,15 +26,18 @@ return {1, now}
 
 ACQUIRE = (
     """
--- KEYS[1] meta, KEYS[2] lease, KEYS[3] fence, KEYS[4] deadlines, KEYS[5] owner
+-- KEYS[1] meta, KEYS[2] lease, KEYS[3] fence, KEYS[4] deadlines, KEYS[5] owner,
+-- KEYS[6] done set
 -- ARGV[1] worker, ARGV[2] owner token, ARGV[3] ttl ms
 -- Returns {fence, deadline_ms}; {-1} unknown operation; {-2} worker not in it;
--- {-3} held by a live owner. A retry by the same token returns the same fence.
+-- {-3} held by a live owner; {-4} the worker finished. A retry by the same token
+-- returns the same fence.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local workers = cjson.decode(redis.call('HGET', KEYS[1], 'workers'))
 local member = false
 for _, w in ipairs(workers) do if w == ARGV[1] then member = true end end
 if not member then return {-2} end
+if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 1 then return {-4} end
 """
     + _NOW_MS
     + """

@@ -53,6 +53,7 @@ from bbp_dist_resume.errors import (
     LeaseHeldError,
     LeaseLostError,
     UnknownOperation,
+    WorkerFinished,
 )
 from bbp_dist_resume.ids import check_id, check_seq
 
@@ -168,6 +169,8 @@ class SQLiteCoordination:
         with self._tx() as db:
             now = now_ms()
             slot = _member_slot(db, op, worker)
+            if slot["done"]:
+                raise WorkerFinished(op, worker)
             if _live(slot, now):
                 raise LeaseHeldError(op, worker)
             fence = int(slot["fence"]) + 1

@@ -106,7 +106,13 @@ from bbp_dist_resume.demo.recon import (
     worker_ids,
 )
 from bbp_dist_resume.demo.worker import Batch, Worker, batches_of, covering, drained
-from bbp_dist_resume.errors import ConfigError, LeaseHeldError, LeaseLostError, RollbackRequested
+from bbp_dist_resume.errors import (
+    ConfigError,
+    LeaseHeldError,
+    LeaseLostError,
+    RollbackRequested,
+    WorkerFinished,
+)
 
 EXIT_DONE = 0
 EXIT_LEASE_LOST = 3
@@ -272,6 +278,9 @@ def run_worker(rc: RunConfig, op: str, worker_id: str) -> int:
         rs.start_monitoring(op, workers=worker_ids(rc.params))
         events.log("monitoring", fence=rs.fencing_token)
         _resume_and_run(Worker(rs, op, rc.params, events), role(worker_id))
+        return EXIT_DONE
+    except WorkerFinished as exc:  # a late relaunch of a finished slot: nothing to do
+        events.log("finished", error=str(exc))
         return EXIT_DONE
     except LeaseHeldError as exc:
         events.log("held", error=str(exc))
