@@ -10,7 +10,6 @@ runner). A coordinator relaunches crashed workers with the same settings it was 
 from __future__ import annotations
 
 import argparse
-import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -23,7 +22,6 @@ from bbp_dist_resume.ids import check_id
 
 _PARAMS = {"probers": "probers", "hosts": "hosts", "batch": "batch", "sleep": "sleep_s"}
 _PIPELINE_FLAGS = (*_PARAMS, "seed", "run_dir")
-_NOT_CONFIG = "BBP_FAULT"  # read by the fault points (api/faults.py), not a config field
 _MAX_SLEEP_S = 60.0
 
 
@@ -101,10 +99,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
     given = {field: getattr(args, flag) for flag, field in _PARAMS.items()} | {"seed": args.seed}
     params = Params(**{k: v for k, v in given.items() if v is not None})
     run_dir = args.run_dir or str(Path(tempfile.gettempdir()) / f"bbp-demo-{args.op}")
-    env = {k: v for k, v in os.environ.items() if k != _NOT_CONFIG}
-    return RunConfig(
-        checkpoint=CheckpointConfig.load(args.config, env=env), params=params, run_dir=run_dir
-    )
+    return RunConfig(checkpoint=CheckpointConfig.load(args.config), params=params, run_dir=run_dir)
 
 
 def worker_id(parser: argparse.ArgumentParser, args: argparse.Namespace, params: Params) -> str:
