@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import time
 from pathlib import Path
 
@@ -268,7 +269,11 @@ def test_keys_init_twice_and_add_with_a_wrong_secret_fail_and_change_nothing(
     config = make_config()
     args = urls(config)
     keys_env(monkeypatch, SECRET_ONE)
-    assert cli(*args, "keys", "init").code == 0
+    init = cli(*args, "keys", "init")
+    assert init.code == 0 and init.err == ""
+    assert re.fullmatch(r"created data key [0-9a-f]{16} \(created \S+\)\n", init.out), init.out
+    (only,) = cli(*args, "keys", "list", "--json").json()
+    assert init.out.split()[3] == only["key_id"]
     before = snapshot(config)
     twice = cli(*args, "keys", "init")
     assert twice.code == 1
@@ -283,7 +288,7 @@ def test_keys_init_twice_and_add_with_a_wrong_secret_fail_and_change_nothing(
     assert unset.code == 1
     assert unset.error_line() == "no encryption_key configured: set BBP_ENCRYPTION_KEY"
     assert snapshot(config) == before
-    no_secret(twice, wrong, unset)
+    no_secret(init, twice, wrong, unset)
 
 
 # -- gc ----------------------------------------------------------------------------------------
