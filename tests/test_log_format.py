@@ -3,11 +3,20 @@ library's records and anyone else's, exceptions included, URL credentials masked
 
 from __future__ import annotations
 
+import importlib
 import io
 import json
 import logging
+import pkgutil
 
-from bbp_dist_resume.logs import FIELDS, get_logger, json_handler, log_context, redact
+from bbp_dist_resume.logs import (
+    FIELDS,
+    ContextFilter,
+    get_logger,
+    json_handler,
+    log_context,
+    redact,
+)
 
 JSON_KEYS = {"time", "level", "logger", "message", "thread", *FIELDS}
 
@@ -54,3 +63,21 @@ def test_redact_masks_url_credentials_only() -> None:
         "s3://***@host/b and redis://***@h:1/0"
     )
     assert redact("file:/data/x@y and user@example.org") == "file:/data/x@y and user@example.org"
+
+
+def test_every_library_logger_carries_the_context_filter() -> None:
+    # A module that takes ``logging.getLogger`` instead of ``logs.get_logger`` emits records
+    # without the fields, and a format naming %(operation)s fails on them.
+    package = importlib.import_module("bbp_dist_resume")
+    for module in pkgutil.walk_packages(package.__path__, "bbp_dist_resume."):
+        importlib.import_module(module.name)
+    loggers = {
+        name: logger
+        for name, logger in logging.Logger.manager.loggerDict.items()
+        if name.split(".")[0] == "bbp_dist_resume" and isinstance(logger, logging.Logger)
+    }
+    assert "bbp_dist_resume" in loggers and "bbp_dist_resume.api.session" in loggers
+    bare = sorted(
+        n for n, lg in loggers.items() if not any(isinstance(f, ContextFilter) for f in lg.filters)
+    )
+    assert bare == [], f"use bbp_dist_resume.logs.get_logger in {bare}"

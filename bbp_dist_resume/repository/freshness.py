@@ -11,12 +11,12 @@ dedup decision is more than BOUND old is refused (``CommitTooLate``).
 
 from __future__ import annotations
 
-import logging
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bbp_dist_resume.blobstore import BlobStore, ObjectInfo
 from bbp_dist_resume.errors import CommitTooLate, InvalidCheckpoint
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.repository.chunkid import ChunkId
 from bbp_dist_resume.repository.evidence import (
     ChunkSource,
@@ -29,7 +29,7 @@ from bbp_dist_resume.repository.evidence import (
 from bbp_dist_resume.repository.manifest import CheckpointRecord
 from bbp_dist_resume.repository.objects import ObjectCodec
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _SETTLE_ATTEMPTS = 4
 
 
