@@ -117,11 +117,20 @@ def test_the_installed_script_reads_bbp_variables_and_the_config_file(tmp_path: 
     ran = run_script("--config", str(toml), "--coord", coord, "config", "show", "--json", env=env)
     check_sources(ran.json(), coord)
     assert FILE_SECRET not in ran.out + ran.err and ENV_SECRET not in ran.out + ran.err
-    # BBP_CONFIG names the file as --config does; BBP_COORD_URL stands in for --coord.
-    env |= {"BBP_CONFIG": str(toml), "BBP_COORD_URL": coord}
-    via_env = run_script("config", "show", "--json", env=env).json()
-    assert via_env["store_url"] == {"value": "file:/data/from-file", "source": "file"}
-    assert via_env["coord_url"] == {"value": coord, "source": "env"}
+
+
+def test_bbp_config_names_the_file_and_bbp_coord_url_stands_in_for_the_flag(
+    cli: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    toml = write_toml(tmp_path / "bbp.toml", SHOWN_TOML)
+    coord = f"sqlite:{tmp_path / 'c.db'}"
+    monkeypatch.setenv("BBP_CONFIG", str(toml))
+    monkeypatch.setenv("BBP_COORD_URL", coord)
+    shown = cli("config", "show", "--json").json()
+    assert shown["store_url"] == {"value": "file:/data/from-file", "source": "file"}
+    assert shown["coord_url"] == {"value": coord, "source": "env"}
+    flagged = cli("--store", "file:/elsewhere", "config", "show", "--json").json()
+    assert flagged["store_url"] == {"value": "file:/elsewhere", "source": "argument"}
 
 
 def test_a_command_takes_its_store_and_backend_from_bbp_variables_alone(
