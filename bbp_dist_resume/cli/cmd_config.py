@@ -53,7 +53,9 @@ def validate(app: App, connect: bool) -> None:
     except ConfigError as exc:
         for field, why in exc.problems:
             app.out.print(f"{field}: {why}" if field else why, markup=False)
-        raise CheckFailed(f"{len(exc.problems)} problems in the configuration") from None
+        count = len(exc.problems)
+        noun = "problem" if count == 1 else "problems"
+        raise CheckFailed(f"{count} {noun} in the configuration") from None
     advice = utils.validate_config(config)
     for line in advice:
         app.out.print(f"warning: {line}", markup=False)
