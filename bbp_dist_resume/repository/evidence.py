@@ -9,9 +9,10 @@ chunk's age, and the per-process evidence cache. ``freshness`` does the I/O.
 
 Nouns:
     M: ``gc_safety_margin``. FRESH = M/2: evidence expires after it. BOUND = M/4: a
-        write commits within it of its first dedup decision. G = min(1 s, M/40): the
-        GC issues each delete within G of its HEAD. SETTLE = 2G: how long a writer waits
-        after (re)writing a chunk before it checks the chunk is still there.
+        write commits within it of its first dedup decision. G = min(1 s, M/40): a GC
+        sends a batch's delete within G of the batch's first HEAD, and the delete is
+        answered within 2G of it. SETTLE = 3G: how long a writer waits after (re)writing
+        a chunk before it checks that the chunk is still there.
     version: one write of a chunk's key (a create, or a refreshing ``put``).
     t_v: when a version was written, on this process's monotonic clock.
     evidence: (1) this process wrote the version less than FRESH ago; (2) a HEAD showed
@@ -98,7 +99,9 @@ class GcTiming:
 
     @property
     def settle(self) -> float:
-        return 2 * self.window
+        # 2G bounds a GC delete after the HEAD before it; one G more for a scheduler's
+        # hiccup between the writer's put and its clock reading, and clock-rate skew.
+        return 3 * self.window
 
     def head_verdict(self, age: float | None) -> Verdict:
         """Judge a chunk a HEAD showed with ``age`` (store seconds, None: unknown)."""

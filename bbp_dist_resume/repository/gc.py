@@ -7,16 +7,17 @@ frees them. A run (:func:`collect_garbage`):
    the chunks written more than M before the run started (M = ``gc_safety_margin``);
 2. **then marks**: lists every commit record under ``checkpoints/`` and collects every
    chunk id they name (a record it cannot read aborts the run, nothing deleted);
-3. **sweeps** the unreferenced candidates in batches: HEADs each again, keeps it unless
-   it is still the version written more than M before the run started, and deletes the
-   batch within G of the batch's first HEAD.
+3. **sweeps** the unreferenced candidates in batches (``gc_sweep``): looks at each
+   again (a listing of the batch's key range, or a HEAD each), keeps it unless it is
+   still the version written more than M before the run started, and sends the batch's
+   delete within G of the batch's first look (else looks again, in smaller batches).
 
 Only keys of the form ``chunks/<id[0:2]>/<id>`` are ever deleted; ``config``, ``keys/``
 and ``checkpoints/`` are only read.
 
 Safety rule: a GC never deletes a chunk that a committed or in-flight checkpoint
 references, given these bounds (``evidence`` has the writer's side; FRESH = M/2,
-BOUND = M/4, G = min(1 s, M/40), SETTLE = 2G):
+BOUND = M/4, G = min(1 s, M/40), SETTLE = 3G):
 
 * a writer relies on a stored chunk only with evidence that the version it relies on was
   written less than FRESH before its dedup decision, or because the chunk is in the
@@ -25,8 +26,9 @@ BOUND = M/4, G = min(1 s, M/40), SETTLE = 2G):
 * a write commits within BOUND of its first dedup decision (``CommitTooLate`` else);
 * a writer checks every chunk it refreshed (or saw younger than SETTLE) SETTLE after
   writing it, and writes again one that vanished;
-* a GC delete takes effect within G of the HEAD before it (measured, and reported as
-  ``late_deletes`` when it did not), and store clocks run at the rate of wall time.
+* a GC delete takes effect within 2G of the batch's first look (it is sent within G;
+  one answered later is reported as ``late_deletes`` and logged), monotonic clocks of
+  GC and writers agree on durations within G, and store clocks run at wall-time rate.
 
 Why. Say a run deletes chunk c, and record R names c and exists after the delete.
 If R was committed before the mark's listing passed R's key, the mark read R and c was
@@ -35,10 +37,10 @@ not swept. Else R was committed after the run started, relying on some version v
 landed (the newest record is never removed), and keys list in seq order, so the mark
 saw one of the two; (b) *evidence or refresh*: v was written less than FRESH + BOUND =
 3M/4 before R's commit, so after the run started minus M; the sweep deletes only a
-version written before the run started minus M, so its HEAD saw an older version,
-before v was written, and its delete landed within G of that HEAD: before v was
-written (v survives), or within G after it, which the writer's SETTLE check (2G after
-v was written, or after it saw v) notices and repairs by writing c again.
+version written before the run started minus M, so its look saw an older version,
+before v was written, and its delete landed within 2G of that look: before v was
+written (v survives), or less than 2G after it, which the writer's check (SETTLE = 3G
+after v was written, or after it saw v) notices and repairs by writing c again.
 
 Not covered: a writer paused between its commit-bound check and its create-only PUT for
 longer than the bound (as with any lease; verification then finds the missing chunk and
@@ -54,7 +56,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
@@ -69,14 +71,13 @@ from bbp_dist_resume.errors import (
 from bbp_dist_resume.repository.chunkid import ChunkId
 from bbp_dist_resume.repository.evidence import Clock, GcTiming, MonotonicClock
 from bbp_dist_resume.repository.freshness import chunk_ids
+from bbp_dist_resume.repository.gc_sweep import Progress, SweepCounts, Sweeper
 from bbp_dist_resume.repository.manifest import CheckpointRecord
 from bbp_dist_resume.repository.repository import Repository
 
 log = logging.getLogger(__name__)
-Progress = Callable[[int, int], None]
-BATCH_SIZE = 256
+BATCH_SIZE = 1000  # the most keys one S3 DeleteObjects request takes
 CONCURRENCY = 16
-_SLOW_TRIES = 3
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -93,7 +94,7 @@ class GcReport:
         bytes_freed: their stored size.
         kept: unreferenced candidates kept because a second look found them rewritten
             (a writer refreshed them), gone, or too slow to check.
-        late_deletes: chunks whose delete answered more than G after their HEAD: the
+        late_deletes: chunks whose delete answered more than 2G after their look: the
             writers' check may have missed a race with them (logged as a warning).
         duration: seconds the run took.
     """
@@ -157,7 +158,8 @@ def collect_garbage(
             ``total`` may shrink once, when the mark is done.
         cache: records read by earlier runs (a long-lived caller passes the same one).
         clock: monotonic time (tests inject one).
-        batch_size, concurrency: chunks per delete request, parallel HEADs and reads.
+        batch_size: chunks per delete request at most (one key folder per batch).
+        concurrency: parallel record reads and HEADs (a quarter as many batches).
 
     Returns:
         What the run saw and did.
@@ -167,57 +169,54 @@ def collect_garbage(
         StoreError: the store failed; chunks of earlier batches may have been deleted.
     """
     timing = repo.gc_timing if margin is None else GcTiming.of(margin)
-    run = _Run(
-        repo,
-        timing,
-        clock or MonotonicClock(),
-        progress or _no_progress,
-        cache or MarkCache(),
-    )
+    run = _Run(repo, timing, clock or MonotonicClock(), progress or _no_progress, cache)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="bbp-gc") as pool:
-        return run.execute(pool, dry_run=dry_run, batch_size=max(1, batch_size))
+        sweeper = Sweeper(
+            repo.store,
+            timing,
+            run.clock,
+            pool,
+            start=run.start,
+            batch_size=max(1, batch_size),
+            parallel=max(1, concurrency // 4),
+        )
+        return run.execute(pool, sweeper, dry_run=dry_run)
 
 
 def _no_progress(done: int, total: int) -> None:
     return None
 
 
-@dataclass(slots=True)
-class _Counts:
-    deleted: int = 0
-    freed: int = 0
-    kept: int = 0
-    late: int = 0
-    done: int = 0
-    total: int = 0
-
-
 class _Run:
     """One GC run; ``start`` is when its candidate listing began (monotonic)."""
 
     def __init__(
-        self, repo: Repository, timing: GcTiming, clock: Clock, progress: Progress, cache: MarkCache
+        self,
+        repo: Repository,
+        timing: GcTiming,
+        clock: Clock,
+        progress: Progress,
+        cache: MarkCache | None,
     ) -> None:
         self.repo = repo
         self.store: BlobStore = repo.store
         self.timing = timing
         self.clock = clock
         self.progress = progress
-        self.cache = cache
+        self.cache = cache or MarkCache()
         self.start = clock.now()
-        self.counts = _Counts()
+        self.counts = SweepCounts()
 
-    def execute(self, pool: ThreadPoolExecutor, *, dry_run: bool, batch_size: int) -> GcReport:
+    def execute(self, pool: ThreadPoolExecutor, sweeper: Sweeper, *, dry_run: bool) -> GcReport:
         seen, candidates = self._candidates()
         records = [i for i in self.store.list("checkpoints/") if _record_slot(i.key)]
         todo = [i for i in records if self.cache.get(i) is None]
         self.counts.total = len(todo) + len(candidates)
         referenced = self._mark(pool, records, todo)
-        doomed = sorted(set(candidates) - referenced)
+        doomed = sorted((cid, at) for cid, (_, at) in candidates.items() if cid not in referenced)
         self.counts.total = self.counts.done + len(doomed)
         self.progress(self.counts.done, self.counts.total)
-        for i in range(0, len(doomed), batch_size):
-            self._sweep(pool, doomed[i : i + batch_size], dry_run)
+        sweeper.run(doomed, self.counts, self.progress, dry_run)
         c = self.counts
         return GcReport(
             margin=self.timing.margin,
@@ -234,17 +233,18 @@ class _Run:
             duration=self.clock.now() - self.start,
         )
 
-    def _candidates(self) -> tuple[int, dict[str, int]]:
-        """Count the chunks, and return those written more than M before ``start``."""
+    def _candidates(self) -> tuple[int, dict[str, tuple[int, int]]]:
+        """Count the chunks, and return those written more than M before ``start``, with
+        their size and position in the listing."""
         seen = 0
-        out: dict[str, int] = {}
-        for info in self.store.list("chunks/"):
+        out: dict[str, tuple[int, int]] = {}
+        for at, info in enumerate(self.store.list("chunks/")):
             cid = _chunk_of(info.key)
             if cid is None:
                 continue  # not a chunk this library wrote: never ours to delete
             seen += 1
             if self.timing.collectable(info.age, self.clock.now() - self.start):
-                out[cid] = info.size
+                out[cid] = (info.size, at)
         return seen, out
 
     def _mark(
@@ -277,51 +277,6 @@ class _Run:
                 key=info.key,
             ) from exc
         return frozenset(chunk_ids(record)) if isinstance(record, CheckpointRecord) else frozenset()
-
-    def _sweep(self, pool: ThreadPoolExecutor, batch: list[str], dry_run: bool) -> None:
-        for _ in range(_SLOW_TRIES):
-            asked = self.clock.now()
-            infos = list(pool.map(self._head, batch))
-            if self.clock.now() - asked <= self.timing.window / 2:
-                break
-            if len(batch) > 1:  # the HEADs ate half the window: smaller batches
-                half = len(batch) // 2
-                self._sweep(pool, batch[:half], dry_run)
-                self._sweep(pool, batch[half:], dry_run)
-                return
-        else:
-            self._done(len(batch), kept=len(batch))
-            return
-        doomed = [(cid, info) for cid, info in zip(batch, infos, strict=True) if info is not None]
-        if doomed and not dry_run:
-            self.store.delete_many(ChunkId(cid).store_key for cid, _ in doomed)
-            if self.clock.now() - asked > self.timing.window:
-                self._late(len(doomed))
-        self.counts.deleted += len(doomed)
-        self.counts.freed += sum(info.size for _, info in doomed)
-        self._done(len(batch), kept=len(batch) - len(doomed))
-
-    def _head(self, cid: str) -> ObjectInfo | None:
-        """The chunk's info if it is still the version written more than M before the
-        run started; None if it is gone or was written again since."""
-        info = self.store.head(ChunkId(cid).store_key)
-        if info is None or not self.timing.collectable(info.age, self.clock.now() - self.start):
-            return None
-        return info
-
-    def _late(self, n: int) -> None:
-        self.counts.late += n
-        log.warning(
-            "a GC delete of %d chunks answered more than %.2f s after their HEADs: a writer "
-            "refreshing one of them then may not notice (verify recent checkpoints)",
-            n,
-            self.timing.window,
-        )
-
-    def _done(self, swept: int, *, kept: int) -> None:
-        self.counts.kept += kept
-        self.counts.done += swept
-        self.progress(self.counts.done, self.counts.total)
 
 
 def _chunk_of(key: str) -> str | None:

@@ -6,6 +6,7 @@ from bbp_dist_resume.blobstore import BlobStore, S3BlobStore, open_store
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.errors import EncryptionKeyError
 from bbp_dist_resume.logs import get_logger
+from bbp_dist_resume.repository.evidence import Clock
 from bbp_dist_resume.repository.keys import KEYS_PREFIX, KeyRing
 from bbp_dist_resume.repository.objects import ObjectCodec
 from bbp_dist_resume.repository.repository import Repository, RepositoryOptions
@@ -33,8 +34,11 @@ def open_repository(store_url: str | None, config: CheckpointConfig) -> Reposito
         raise
 
 
-def open_on_store(store: BlobStore, config: CheckpointConfig) -> Repository:
-    """Like :func:`open_repository`, over an already opened ``BlobStore``."""
+def open_on_store(
+    store: BlobStore, config: CheckpointConfig, *, clock: Clock | None = None
+) -> Repository:
+    """Like :func:`open_repository`, over an already opened ``BlobStore`` (and, for
+    tests, a monotonic ``clock`` of its own)."""
     if isinstance(store, S3BlobStore):
         store.check_bucket()
     store_config = load_or_create(store, config)
@@ -67,7 +71,7 @@ def open_on_store(store: BlobStore, config: CheckpointConfig) -> Repository:
         inline_threshold=config.inline_threshold,
         gc_safety_margin=config.gc_safety_margin.total_seconds(),
     )
-    return Repository(store, codec, options)
+    return Repository(store, codec, options, clock=clock)
 
 
 __all__ = ["open_on_store", "open_repository"]
