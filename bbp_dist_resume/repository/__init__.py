@@ -9,9 +9,12 @@ Nouns:
     commit record: the create-only object ``checkpoints/<op>/<worker>/<seq>``; a
         checkpoint record (a manifest) or a takeover record.
     data key: a random key wrapped under a passphrase-derived KEK in ``keys/``.
+    garbage: chunks no commit record names; ``gc`` frees those older than the safety
+        margin, and writers keep their side of its rule (``evidence``, ``freshness``).
 """
 
 from bbp_dist_resume.repository.chunkid import ChunkId
+from bbp_dist_resume.repository.gc import GcReport, MarkCache, collect_garbage
 from bbp_dist_resume.repository.manifest import (
     CheckpointRecord,
     ChunkRef,
@@ -31,12 +34,15 @@ __all__ = [
     "CheckpointRecord",
     "ChunkId",
     "ChunkRef",
+    "GcReport",
     "Manifest",
+    "MarkCache",
     "PartRef",
     "Repository",
     "RepositoryStats",
     "TakeoverRecord",
     "VerifyReport",
+    "collect_garbage",
     "open_on_store",
     "open_repository",
     "record_key",
