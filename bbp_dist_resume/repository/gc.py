@@ -54,7 +54,6 @@ larger one for the GC); a local store whose host clock is stepped forward.
 
 from __future__ import annotations
 
-import logging
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -75,7 +74,6 @@ from bbp_dist_resume.repository.gc_sweep import Progress, SweepCounts, Sweeper
 from bbp_dist_resume.repository.manifest import CheckpointRecord
 from bbp_dist_resume.repository.repository import Repository
 
-log = logging.getLogger(__name__)
 BATCH_SIZE = 1000  # the most keys one S3 DeleteObjects request takes
 CONCURRENCY = 16
 

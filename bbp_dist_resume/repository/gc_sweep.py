@@ -11,7 +11,6 @@ request; otherwise the batch is looked at again in halves (its looks are stale b
 from __future__ import annotations
 
 import itertools
-import logging
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -19,10 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from bbp_dist_resume.blobstore import BlobStore, ObjectInfo
+from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.repository.chunkid import ChunkId
 from bbp_dist_resume.repository.evidence import Clock, GcTiming
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 Progress = Callable[[int, int], None]
 _SLOW_TRIES = 3
 _PAGE = 1000  # keys per listing page (S3)
