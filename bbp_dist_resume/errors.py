@@ -14,6 +14,7 @@
     │   ├── CommitTooLate                    a write too slow to commit safely (GC): write again
     │   └── StoreUnsafeError                 create-only writes do not hold under concurrency
     ├── GarbageCollectionAborted             the GC stopped: a commit record it cannot read
+    ├── GarbageCollectionLocked              another GC holds the store's GC lock
     ├── IntegrityError                       stored bytes are not what was written
     │   ├── DecryptionError                  wrong key, missing key, or tampered ciphertext
     │   └── ManifestError                    a commit record that is malformed or inconsistent
@@ -125,6 +126,16 @@ class GarbageCollectionAborted(BBPError):
     def __init__(self, message: str, *, key: str) -> None:
         self.key = key
         super().__init__(f"{message} (key {key!r})")
+
+
+class GarbageCollectionLocked(BBPError):
+    """Another garbage collection holds the store's lock (``locks/gc``), or one died
+    holding it: break it (``bbp-resume gc --break-lock``) only when none runs."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(
+            f"{holder}; if no garbage collection runs any more, run gc with --break-lock"
+        )
 
 
 class IntegrityError(BBPError):

@@ -17,10 +17,11 @@ from assertions import raises_exactly
 
 from bbp_dist_resume import CheckpointConfig, CheckpointMeta, Repository, open_repository
 from bbp_dist_resume.blobstore import BlobStore
-from bbp_dist_resume.errors import GarbageCollectionAborted
+from bbp_dist_resume.errors import GarbageCollectionAborted, GarbageCollectionLocked
 from bbp_dist_resume.repository import CheckpointRecord, open_on_store
 from bbp_dist_resume.repository.chunkid import ChunkId
 from bbp_dist_resume.repository.gc import GcReport, collect_garbage
+from bbp_dist_resume.repository.gclock import LOCK_KEY, gc_lock
 
 MARGIN = 4.0
 OWNER = "a" * 32
@@ -232,7 +233,8 @@ def test_a_refreshed_chunk_deleted_by_a_racing_gc_is_written_again_before_commit
     wait_until_collectable(first, {key(c) for c in garbage})
     racing = DeletingStore(first.store)
     writer = open_on_store(racing, config(store_url))  # type: ignore[arg-type]
-    m = writer.commit(writer.write({"a": blob(1)}, meta(3)))
+    with gc_lock(first.store):  # the racing GC marks itself running, as every deleting run does
+        m = writer.commit(writer.write({"a": blob(1)}, meta(3)))
     assert set(racing.deleted) == {key(c) for c in garbage}
     assert first.verify(m, deep=True).ok
 
@@ -255,3 +257,42 @@ def test_every_report_field_is_counted_from_the_store(opener: Opener) -> None:
         duration=report.duration,
     )
     assert 0 <= report.duration < 5
+
+
+def test_one_gc_at_a_time_a_second_is_refused_until_the_lock_is_released_or_broken(
+    opener: Opener,
+) -> None:
+    repo = opener()
+    garbage, _ = two_checkpoints_the_first_removed(repo)
+    wait_until_collectable(repo, {key(c) for c in garbage})
+    before = chunk_keys(repo.store)
+    with gc_lock(repo.store):  # another run holds the lock
+        with pytest.raises(GarbageCollectionLocked, match="--break-lock") as exc:
+            collect_garbage(repo)
+        assert "another garbage collection holds locks/gc" in str(exc.value)
+        assert chunk_keys(repo.store) == before  # refused before anything was deleted
+        assert collect_garbage(repo, dry_run=True).deleted == len(garbage)  # no lock needed
+    assert collect_garbage(repo).deleted == len(garbage)  # released: a run goes ahead
+    assert repo.store.head(LOCK_KEY) is None  # and leaves no lock behind
+
+
+def test_a_lock_left_by_a_dead_gc_is_reported_and_broken_only_when_asked(
+    opener: Opener,
+) -> None:
+    repo = opener()
+    garbage, _ = two_checkpoints_the_first_removed(repo)
+    wait_until_collectable(repo, {key(c) for c in garbage})
+    repo.store.put(LOCK_KEY, b'{"host": "gone", "pid": 4242, "since": "x", "token": "t"}')
+    with pytest.raises(GarbageCollectionLocked, match="gone pid 4242"):
+        collect_garbage(repo)
+    assert collect_garbage(repo, break_lock=True).deleted == len(garbage)
+    assert repo.store.head(LOCK_KEY) is None
+
+
+def test_a_gc_that_aborts_releases_its_lock(opener: Opener) -> None:
+    repo = opener()
+    two_checkpoints_the_first_removed(repo)
+    repo.store.put("checkpoints/op/w0/0000000009", b"not a record")
+    with pytest.raises(GarbageCollectionAborted):
+        collect_garbage(repo)
+    assert repo.store.head(LOCK_KEY) is None

@@ -27,6 +27,7 @@ from bbp_dist_resume.repository.evidence import (
     Verdict,
 )
 from bbp_dist_resume.repository.gc import collect_garbage
+from bbp_dist_resume.repository.gclock import GC_STATE_KEY, gc_lock
 
 margins = st.floats(min_value=4.0, max_value=1e7, allow_nan=False)
 ages = st.floats(min_value=0.0, max_value=2e7, allow_nan=False)
@@ -120,9 +121,9 @@ def test_slot_reuse_is_evidence_only_for_the_slots_next_seq() -> None:
     assert cache.reusable("op", "w1", 5) == frozenset()
 
 
-def meta(seq: int) -> CheckpointMeta:
+def meta(seq: int, worker: str = "w0") -> CheckpointMeta:
     return CheckpointMeta(
-        operation_id="op", worker_id="w0", seq=seq, owner_token="a" * 32, fence=1, stage="s"
+        operation_id="op", worker_id=worker, seq=seq, owner_token="a" * 32, fence=1, stage="s"
     )
 
 
@@ -144,6 +145,48 @@ def test_a_commit_too_long_after_the_first_dedup_decision_is_refused(tmp_path: P
     prompt = repo.write({"d": os.urandom(5000)}, meta(1))
     clock.t += repo.gc_timing.bound
     assert repo.commit(prompt) == prompt
+
+
+class SleepCounter(FakeClock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.slept: list[float] = []
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        super().sleep(seconds)
+
+
+def test_young_chunks_are_settled_only_when_a_gc_acted_during_the_write(tmp_path: Path) -> None:
+    clock = SleepCounter()
+    first, second = clocked_repo(tmp_path, clock), clocked_repo(tmp_path, clock)
+    data = os.urandom(5000)
+    first.commit(first.write({"d": data}, meta(1)))
+    # Another process relies on the chunk just written: young, so settle-worthy; but no
+    # GC ever ran (no state marker), so the write returns without waiting.
+    second.commit(second.write({"d": data}, meta(1, "w1")))
+    assert clock.slept == []
+    # A GC that deletes marks the store running: a write in that time waits and checks.
+    third = clocked_repo(tmp_path, clock)
+    with gc_lock(third.store):
+        third.commit(third.write({"d": data}, meta(1, "w2")))
+    assert clock.slept and max(clock.slept) > 0
+    # Once the GC is idle again and stays so across a write, no wait again.
+    clock.slept.clear()
+    fourth = clocked_repo(tmp_path, clock)
+    fourth.commit(fourth.write({"d": data}, meta(1, "w3")))
+    assert clock.slept == []
+
+
+def test_a_gc_that_died_running_leaves_writers_settling(tmp_path: Path) -> None:
+    clock = SleepCounter()
+    first = clocked_repo(tmp_path, clock)
+    data = os.urandom(5000)
+    first.commit(first.write({"d": data}, meta(1)))
+    first.store.put(GC_STATE_KEY, b"running deadbeef")  # a run killed mid-sweep
+    second = clocked_repo(tmp_path, clock)
+    second.commit(second.write({"d": data}, meta(1, "w1")))
+    assert clock.slept and max(clock.slept) > 0
 
 
 def test_only_manifests_this_repository_wrote_commit_with_chunks(tmp_path: Path) -> None:
@@ -169,8 +212,9 @@ class TimedStore(LocalBlobStore):
 
     def delete_many(self, keys: Iterable[str]) -> None:
         keys = list(keys)
-        self.deletes.append(len(keys))
-        self.clock.t += self.delete_cost
+        if all(k.startswith("chunks/") for k in keys):  # not the GC lock's own delete
+            self.deletes.append(len(keys))
+            self.clock.t += self.delete_cost
         super().delete_many(keys)
 
 

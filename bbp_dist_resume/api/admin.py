@@ -274,13 +274,18 @@ class Admin:
         return out
 
     def collect_garbage(
-        self, *, dry_run: bool = False, progress: Progress | None = None
+        self,
+        *,
+        dry_run: bool = False,
+        progress: Progress | None = None,
+        break_lock: bool = False,
     ) -> GcReport:
         """Delete chunks no commit record references, older than ``gc_safety_margin``
         (``repository/gc.py`` has the safety rule). Raises ``GarbageCollectionAborted``
-        when a commit record cannot be read (nothing deleted)."""
+        when a commit record cannot be read (nothing deleted), ``GarbageCollectionLocked``
+        when another run holds the store's GC lock."""
         repo, _, _ = self._open()
-        return collect_garbage(repo, dry_run=dry_run, progress=progress)
+        return collect_garbage(repo, dry_run=dry_run, progress=progress, break_lock=break_lock)
 
     def rebuild_index(self) -> RebuildReport:
         """Rebuild every index and fence from the store's commit records."""

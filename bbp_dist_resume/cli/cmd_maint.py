@@ -37,14 +37,18 @@ def retention(app: App, operation: str | None, dry_run: bool, as_json: bool) -> 
 
 @click.command()
 @click.option("--dry-run", is_flag=True, help="Mark and check, delete nothing.")
+@click.option(
+    "--break-lock", is_flag=True, help="Remove the lock a dead GC left (only if none runs)."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @pass_app
-def gc(app: App, dry_run: bool, as_json: bool) -> None:
+def gc(app: App, *, dry_run: bool, break_lock: bool, as_json: bool) -> None:
     """Delete chunks that no checkpoint references and that are older than
-    gc_safety_margin. Safe while workers checkpoint (README: Garbage collection);
-    a commit record it cannot read aborts it with nothing deleted."""
+    gc_safety_margin. Safe while workers checkpoint (README: Garbage collection); one
+    run at a time (a store lock); a commit record it cannot read aborts it with nothing
+    deleted."""
     with app.admin() as admin, out.progress(app.err, "collecting", show=app.interactive) as tick:
-        report = admin.collect_garbage(dry_run=dry_run, progress=tick)
+        report = admin.collect_garbage(dry_run=dry_run, progress=tick, break_lock=break_lock)
     if as_json:
         out.emit_json(app.out, report)
         return

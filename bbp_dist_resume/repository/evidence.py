@@ -165,6 +165,9 @@ class WriteState:
 
     reuse: frozenset[str] = frozenset()
     started: float | None = None
+    # The store's GC state marker when the write began (``gclock``): unchanged and idle
+    # at the end means no GC acted meanwhile, so nothing needs settling.
+    gc_state: bytes | None = None
     settle: dict[str, tuple[float, float, ChunkSource]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 

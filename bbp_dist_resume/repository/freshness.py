@@ -5,8 +5,10 @@ safe only with evidence that its stored version is young (``evidence``); otherwi
 chunk is written again (a *refresh*: content-addressed, so harmless). A version written
 just now may still be hit by a GC delete issued on an older version just before, so
 refreshed and very young chunks are *settled* before the write returns: after SETTLE,
-each is HEADed, and one that vanished is written again. At commit, a write whose first
-dedup decision is more than BOUND old is refused (``CommitTooLate``).
+each is HEADed, and one that vanished is written again — unless the store's GC state
+marker shows that no GC deleted anything during the write (the common case: no wait).
+At commit, a write whose first dedup decision is more than BOUND old is refused
+(``CommitTooLate``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from bbp_dist_resume.blobstore import BlobStore, ObjectInfo
-from bbp_dist_resume.errors import CommitTooLate, InvalidCheckpoint
+from bbp_dist_resume.errors import CommitTooLate, InvalidCheckpoint, ObjectNotFound
 from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.repository.chunkid import ChunkId
 from bbp_dist_resume.repository.evidence import (
@@ -26,6 +28,7 @@ from bbp_dist_resume.repository.evidence import (
     Verdict,
     WriteState,
 )
+from bbp_dist_resume.repository.gclock import GC_STATE_KEY, gc_idle
 from bbp_dist_resume.repository.manifest import CheckpointRecord
 from bbp_dist_resume.repository.objects import ObjectCodec
 
@@ -86,14 +89,33 @@ class Freshness:
         until = self._clock.now() + self._evidence.timing.settle
         return Outcome(Verdict.SETTLE, asked, until=until, sent=len(blob))
 
+    def gc_state(self) -> bytes | None:
+        """The store's GC state marker (``gclock``); None when no GC ever deleted."""
+        try:
+            return self._store.get(GC_STATE_KEY)
+        except ObjectNotFound:
+            return None
+
     def settle(self, state: WriteState) -> None:
         """Check the write's refreshed and young chunks once SETTLE has passed since they
         were written; write again (read anew from their parts) those a GC deleted.
+
+        Skipped when no GC acted during the write: the GC state marker was idle when the
+        write began and is unchanged now. A GC that deletes marks itself running before
+        its first look and idle after its last delete landed, so a delete landing after
+        one of this write's HEADs or refreshes belongs to a run that was active at some
+        point of the write (the marker moved), or that started after it (its looks see
+        the young versions and keep them).
 
         Raises:
             CommitTooLate: chunks kept vanishing (GCs racing this write again and again).
             StoreError: a HEAD or PUT failed.
         """
+        if state.settle and gc_idle(state.gc_state) and self.gc_state() == state.gc_state:
+            now = self._clock.now()
+            for cid, (_, written, _) in state.settle.items():
+                self._evidence.note_written(cid, written, now)
+            return
         pending = dict(state.settle)
         for _ in range(_SETTLE_ATTEMPTS):
             if not pending:

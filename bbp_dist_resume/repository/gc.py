@@ -57,6 +57,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -71,6 +72,7 @@ from bbp_dist_resume.repository.chunkid import ChunkId
 from bbp_dist_resume.repository.evidence import Clock, GcTiming, MonotonicClock
 from bbp_dist_resume.repository.freshness import chunk_ids
 from bbp_dist_resume.repository.gc_sweep import Progress, SweepCounts, Sweeper
+from bbp_dist_resume.repository.gclock import gc_lock
 from bbp_dist_resume.repository.manifest import CheckpointRecord
 from bbp_dist_resume.repository.repository import Repository
 
@@ -144,6 +146,7 @@ def collect_garbage(
     clock: Clock | None = None,
     batch_size: int = BATCH_SIZE,
     concurrency: int = CONCURRENCY,
+    break_lock: bool = False,
 ) -> GcReport:
     """Delete the chunks no commit record references and that are older than ``margin``.
 
@@ -158,14 +161,43 @@ def collect_garbage(
         clock: monotonic time (tests inject one).
         batch_size: chunks per delete request at most (one key folder per batch).
         concurrency: parallel record reads and HEADs (a quarter as many batches).
+        break_lock: remove the GC lock a dead run left behind (``gclock``); only when
+            no other GC runs.
 
     Returns:
         What the run saw and did.
 
     Raises:
         GarbageCollectionAborted: a commit record could not be read; nothing deleted.
+        GarbageCollectionLocked: another run that deletes holds the lock (a dry run
+            takes no lock).
         StoreError: the store failed; chunks of earlier batches may have been deleted.
     """
+    lock = nullcontext() if dry_run else gc_lock(repo.store, break_lock=break_lock)
+    with lock:
+        return _collect(
+            repo,
+            margin=margin,
+            dry_run=dry_run,
+            progress=progress,
+            cache=cache,
+            clock=clock,
+            batch_size=batch_size,
+            concurrency=concurrency,
+        )
+
+
+def _collect(
+    repo: Repository,
+    *,
+    margin: float | timedelta | None,
+    dry_run: bool,
+    progress: Progress | None,
+    cache: MarkCache | None,
+    clock: Clock | None,
+    batch_size: int,
+    concurrency: int,
+) -> GcReport:
     timing = repo.gc_timing if margin is None else GcTiming.of(margin)
     run = _Run(repo, timing, clock or MonotonicClock(), progress or _no_progress, cache)
     with ThreadPoolExecutor(concurrency, thread_name_prefix="bbp-gc") as pool:

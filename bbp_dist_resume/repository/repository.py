@@ -123,6 +123,7 @@ class Repository:
         # Every part is checked before the first byte is uploaded.
         checked = {check_id(name, "part name"): _check_part(part) for name, part in parts.items()}
         write = WriteState(self._evidence.reusable(meta.operation_id, meta.worker_id, meta.seq))
+        write.gc_state = self._fresh.gc_state()  # before the first dedup decision
         refs = {name: self._write_part(part, write) for name, part in checked.items()}
         self._fresh.settle(write)
         manifest = meta.manifest(refs, write_id=new_token())
