@@ -40,6 +40,8 @@ bench: venv
 	$(BIN)/python benchmarks/bench_coordination.py
 	$(BIN)/python benchmarks/bench_worker_api.py
 	$(BIN)/python benchmarks/bench_coordinator.py
+	$(BIN)/python benchmarks/bench_gc.py
+	$(BIN)/python benchmarks/bench_metrics.py
 
 services-up: venv
 	$(BIN)/python infra/dev/services.py start --dir .services
