@@ -25,9 +25,11 @@ lint: venv
 	$(BIN)/mypy bbp_dist_resume examples
 
 # Lint, then start a real redis-server and SeaweedFS on free loopback ports, run the
-# tests against them, and stop them whatever happens.
+# tests against them, and stop them whatever happens. Two pytest workers, each with its
+# own servers (TEST_WORKERS=1 for one).
+TEST_WORKERS ?= 2
 test: lint
-	bash infra/dev/test.sh $(PYTEST_ARGS)
+	BBP_TEST_WORKERS=$(TEST_WORKERS) bash infra/dev/test.sh $(PYTEST_ARGS)
 
 # The main job: on a bare machine, the multi-worker pipeline with a coordinator, one
 # worker killed mid-run, the recovery, and the output checked against an uncrashed run.

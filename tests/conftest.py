@@ -64,8 +64,13 @@ def _dev_services() -> ModuleType:
 
 
 def _shared_dir() -> Path | None:
-    """The directory of services started outside this session, if there is one."""
+    """The directory of services started outside this session, if there is one. Under
+    pytest-xdist each worker has its own set, in the sub-folder named after it (gw0, gw1,
+    ...: infra/dev/test.sh starts them), because tests empty Redis and restart it."""
     shared = os.environ.get(SHARED_DIR_VAR)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if shared and worker:
+        shared = str(Path(shared) / worker)
     if shared and (Path(shared) / dev_services.STATE_FILE).is_file():
         return Path(shared)
     return None

@@ -37,16 +37,23 @@ def probed_s3_prefix(backend_urls: tuple[str, str]) -> None:
     """Give each test's fresh S3 prefix the store ``config`` object of a prefix already
     probed, so that opening it skips the create-only probe (seconds on SeaweedFS, which
     serialises conditional writes to one key). The probe itself is tested elsewhere."""
-    store_url, _ = backend_urls
+    preprobe(backend_urls[0])
+
+
+def preprobe(store_url: str, config: CheckpointConfig | None = None) -> None:
+    """Copy a probed store's ``config`` object into a fresh S3 prefix (see above), one
+    probed per chunking of ``config`` (the store's config fixes the chunk sizes)."""
     if not store_url.startswith("s3:"):
         return
+    config = (config or CheckpointConfig()).with_changes(store_url=store_url)
+    chunking = f"{config.chunk_min_size}/{config.chunk_avg_size}/{config.chunk_max_size}"
     store = open_store(store_url)
     try:
-        if CONFIG_KEY in _STORE_CONFIG:
-            store.put(CONFIG_KEY, _STORE_CONFIG[CONFIG_KEY])
+        if chunking in _STORE_CONFIG:
+            store.put(CONFIG_KEY, _STORE_CONFIG[chunking])
         else:
-            open_on_store(store, CheckpointConfig(store_url=store_url))
-            _STORE_CONFIG[CONFIG_KEY] = store.get(CONFIG_KEY)
+            open_on_store(store, config)  # closed with the store below
+            _STORE_CONFIG[chunking] = store.get(CONFIG_KEY)
     finally:
         store.close()
 

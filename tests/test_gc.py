@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from assertions import raises_exactly
+from resume_helpers import preprobe
 
 from bbp_dist_resume import CheckpointConfig, CheckpointMeta, Repository, open_repository
 from bbp_dist_resume.blobstore import BlobStore
@@ -32,7 +33,9 @@ Opener = Callable[..., Repository]
 def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "local":
         return f"file://{tmp_path}/store"
-    return str(request.getfixturevalue("s3_url"))
+    url = str(request.getfixturevalue("s3_url"))
+    preprobe(url, config(url))  # the create-only probe is tested elsewhere; it costs seconds
+    return url
 
 
 def config(store_url: str, **changes: object) -> CheckpointConfig:
