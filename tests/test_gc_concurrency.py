@@ -26,6 +26,7 @@ from bbp_dist_resume.repository.gc import MarkCache, collect_garbage
 
 MARGIN = 5.0
 RUN_SECONDS = 24.0
+SOAK_SECONDS = 180.0  # make soak: about 25 phases of chunk reuse, hundreds of GC runs
 PHASE_SECONDS = 7.0
 WRITERS = 4
 BLOCK = 20_000  # one chunk: under chunk_min_size
@@ -137,10 +138,23 @@ def surviving(repo: Repository) -> list[CheckpointRecord]:
 def test_gc_in_a_loop_never_frees_a_chunk_of_a_committed_checkpoint(
     repos: list[Repository],
 ) -> None:
+    gc_against_writers(repos, RUN_SECONDS)
+
+
+@pytest.mark.soak
+@pytest.mark.timeout(900)
+def test_soak_gc_in_a_loop_for_minutes_never_frees_a_chunk_of_a_committed_checkpoint(
+    repos: list[Repository],
+) -> None:
+    gc_against_writers(repos, SOAK_SECONDS)
+
+
+def gc_against_writers(repos: list[Repository], run_seconds: float) -> None:
+    """GC in a loop against the writers for ``run_seconds``, then every check."""
     gc_repo, seed_repo, writer_repos = repos[0], repos[1], repos[2:]
     garbage = seed_garbage(seed_repo)
     started = time.monotonic()
-    writers = [Writer(r, n, started + RUN_SECONDS, started) for n, r in enumerate(writer_repos)]
+    writers = [Writer(r, n, started + run_seconds, started) for n, r in enumerate(writer_repos)]
     for w in writers:
         w.start()
     cache, runs, deleted = MarkCache(), 0, 0
@@ -152,7 +166,7 @@ def test_gc_in_a_loop_never_frees_a_chunk_of_a_committed_checkpoint(
         assert w.error is None, f"{w.name}: {w.error!r}"
         assert not w.broken, w.broken
     committed = [m for w in writers for m in w.committed]
-    assert len(committed) >= 20 * WRITERS and runs >= 10
+    assert len(committed) >= 20 * WRITERS * run_seconds / RUN_SECONDS and runs >= 10
     kept = surviving(gc_repo)
     # Every checkpoint retention kept, and every committed one still listed, is whole.
     assert {m.checkpoint_id for m in committed} >= {
