@@ -127,23 +127,53 @@ def line_choice(
     *,
     selection: ResumeSelection,
     score: Callable[[Any], float] | None,
-    excluded: Mapping[str, set[int]],
+    excluded: dict[str, set[int]],
     deterministic: tuple[str, ...] = (),
+    restorable: Callable[[str], bool] | None = None,
 ) -> Choice:
-    """This worker's place in the recovery line computed from the index."""
+    """This worker's place in the recovery line computed from the index.
+
+    With ``restorable``, every other worker's entry of the line is checked with it and
+    an entry that fails is added to ``excluded`` and the line computed again: a worker
+    never resumes into a line whose other entries could not be restored themselves.
+    """
     histories = catalog.histories(operation_id)
     histories.setdefault(worker_id, [])
-    line = recovery_line(
-        histories,
-        selection=selection,
-        score=score,
-        excluded=excluded,
-        deterministic=deterministic,
-    )
+    for _ in range(_MAX_FALLBACKS):
+        line = recovery_line(
+            histories,
+            selection=selection,
+            score=score,
+            excluded=excluded,
+            deterministic=deterministic,
+        )
+        bad = _first_unrestorable(line.cuts, operation_id, worker_id, restorable)
+        if bad is None:
+            break
+        excluded.setdefault(bad[0], set()).add(bad[1])
+    else:
+        raise IntegrityError(f"no restorable recovery line of {operation_id}")
     cut = line.cuts[worker_id]
     if cut.seq is None:
         return Choice(None, cut.reason)
     return Choice(f"{operation_id}/{worker_id}/{cut.seq}", f"recovery line: {cut.reason}")
+
+
+def _first_unrestorable(
+    cuts: Mapping[str, Any],
+    operation_id: str,
+    worker_id: str,
+    restorable: Callable[[str], bool] | None,
+) -> tuple[str, int] | None:
+    """The first other worker's entry of the line that ``restorable`` refuses."""
+    if restorable is None:
+        return None
+    for worker, cut in sorted(cuts.items()):
+        if worker == worker_id or cut.seq is None:
+            continue
+        if not restorable(f"{operation_id}/{worker}/{cut.seq}"):
+            return worker, cut.seq
+    return None
 
 
 def plan_choice(body: Mapping[str, Any], generation: int, worker_id: str) -> Choice | None:

@@ -37,6 +37,7 @@ class Resumer:
         self._rs = rs
         self._started = time.monotonic()
         self._operation = ""
+        self._checked: dict[str, bool] = {}  # other workers' line entries, checked once
 
     # -- entry points --------------------------------------------------------------------
 
@@ -168,7 +169,27 @@ class Resumer:
             score=score,
             excluded=excluded,
             deterministic=self._rs.get_config().deterministic_producers,
+            restorable=self._restorable if self._rs.get_config().enable_verification else None,
         )
+
+    def _restorable(self, checkpoint_id: str) -> bool:
+        """Whether another worker's entry of the line would restore: its record reads back
+        and matches the index, its chunks exist, its state re-hashes (what its own restore
+        checks; attachments are checked as they are read). A failure marks it damaged."""
+        if checkpoint_id in self._checked:
+            return self._checked[checkpoint_id]
+        _, repo = self._rs._require_open()
+        try:
+            manifest = self._rs._cat().manifest(checkpoint_id)
+            rsm.check_restorable(repo, manifest, verify=True)
+            repo.read(manifest, [rsm.STATE_PART])
+            ok = True
+        except _UNRESTORABLE as exc:
+            log.warning("recovery line entry %s cannot be restored: %s", checkpoint_id, exc)
+            self._rs._cat().set_damaged(checkpoint_id, True)
+            ok = False
+        self._checked[checkpoint_id] = ok
+        return ok
 
     # -- restoring -----------------------------------------------------------------------
 
