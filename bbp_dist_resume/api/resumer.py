@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from bbp_dist_resume.api import resume as rsm
 from bbp_dist_resume.api.metrics import recorder
 from bbp_dist_resume.api.models import CheckpointMetadata, ResumeContext, ResumeMode
+from bbp_dist_resume.api.snapshot import STATE_PART
 from bbp_dist_resume.errors import (
     IntegrityError,
     InvalidCheckpoint,
@@ -182,7 +183,7 @@ class Resumer:
         try:
             manifest = self._rs._cat().manifest(checkpoint_id)
             rsm.check_restorable(repo, manifest, verify=True)
-            repo.read(manifest, [rsm.STATE_PART])
+            repo.read(manifest, [STATE_PART])
             ok = True
         except _UNRESTORABLE as exc:
             log.warning("recovery line entry %s cannot be restored: %s", checkpoint_id, exc)
