@@ -27,6 +27,7 @@ from bbp_dist_resume.api.models import (
 )
 from bbp_dist_resume.api.resumer import Resumer
 from bbp_dist_resume.api.snapshot import Attachment
+from bbp_dist_resume.api.watermark import read_committed_offset
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.errors import InvalidStateError
 from bbp_dist_resume.ids import check_id
@@ -232,6 +233,24 @@ class ResumeSystem(SystemCore):
         self._runtime()
         with log_context(checkpoint=checkpoint_id):
             return Resumer(self).peek(checkpoint_id)
+
+    @scoped
+    def committed_offset(self, channel: str) -> int:
+        """How far ``channel``'s producer has committed what no crash of it can take back:
+        its ``produced`` offset in the resume plan in force (more once its restored
+        incarnation commits), else at its latest checkpoint; 0 when nothing of the channel
+        is committed (an unknown channel included). A consumer that reads only below it
+        never reads a record a crash of the producer replaces (``api/watermark.py``).
+
+        Raises:
+            InvalidIdentifier: a malformed channel name.
+            InvalidStateError: not monitoring an operation.
+            LeaseLostError, RollbackRequested: as from every call while monitoring.
+        """
+        check_id(channel, "channel")
+        session = self._require_session()
+        coord, _ = self._require_open()
+        return read_committed_offset(coord, session.operation.operation_id, channel)
 
     def _resumer(self) -> Resumer:
         self._runtime()

@@ -1,0 +1,249 @@
+"""Committed watermarks (``api/watermark.py``): tables, and a property over random runs of
+a producer and a read-committed consumer with crashes, zombie commits and plans."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pytest
+from assertions import raises_exactly
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bbp_dist_resume.api.watermark import committed_offset, producer_of
+from bbp_dist_resume.errors import InvalidCheckpoint
+from bbp_dist_resume.policy.plan import PlanEntry, RecoveryPlan, build_plan
+
+CH = "ch"
+OP = "op"
+
+
+@dataclass(frozen=True)
+class P:
+    """A commit record implementing the ``Point`` protocol."""
+
+    seq: int
+    kind: str = "checkpoint"
+    progress: float = 0.0
+    epoch: int | None = None
+    base: int | None = None
+    consumed: Mapping[str, int] = field(default_factory=dict)
+    produced: Mapping[str, int] = field(default_factory=dict)
+    root: str = ""
+
+
+def plan(
+    entries: dict[str, tuple[int | None, bool]],
+    channels: dict[str, tuple[str, int]],
+    relaunched: tuple[str, ...] = (),
+) -> RecoveryPlan:
+    """A plan: worker -> (seq, rollback)."""
+    return RecoveryPlan(
+        operation_id=OP,
+        mode="last",
+        entries={
+            w: PlanEntry(
+                checkpoint_id=None if s is None else f"{OP}/{w}/{s}",
+                seq=s,
+                reason="test",
+                rollback=r,
+            )
+            for w, (s, r) in entries.items()
+        },
+        channels=channels,
+        relaunched=relaunched,
+    )
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def test_nothing_committed_is_0_and_an_unknown_channel_too() -> None:
+    assert committed_offset(CH, None, {}) == 0
+    assert committed_offset(CH, None, {"w0": [P(1, kind="takeover")]}) == 0
+    assert committed_offset("other", None, {"w0": [P(2, produced={CH: 5})]}) == 0
+
+
+def test_without_a_plan_it_is_the_producers_latest_checkpoint() -> None:
+    history = [P(1, kind="takeover"), P(3, produced={CH: 9}), P(2, produced={CH: 4})]
+    consumer = [P(1, consumed={CH: 3})]
+    assert committed_offset(CH, None, {"prod": history, "cons": consumer}) == 9
+    # A takeover after it changes nothing: a crash restores the latest checkpoint.
+    assert committed_offset(CH, None, {"prod": [*history, P(4, kind="takeover")]}) == 9
+
+
+def test_a_plan_that_restarts_the_producer_holds_the_watermark_until_it_recommits() -> None:
+    restarting = plan({"prod": (2, False)}, {CH: ("prod", 4)}, relaunched=("prod",))
+    old = [P(1, produced={CH: 2}), P(2, produced={CH: 4})]
+    # The old incarnation committed past the entry (a zombie before the takeover):
+    zombie = [*old, P(3, produced={CH: 7})]
+    assert committed_offset(CH, restarting, {"prod": zombie}) == 4
+    # The new incarnation restored seq 2 and has not committed yet: still 4.
+    taken = [*zombie, P(4, kind="takeover")]
+    assert committed_offset(CH, restarting, {"prod": taken}) == 4
+    # Its first commit carries base 2: from then on its latest checkpoint counts.
+    assert committed_offset(CH, restarting, {"prod": [*taken, P(5, base=2, produced={CH: 5})]}) == 5
+    more = [*taken, P(5, base=2, produced={CH: 5}), P(6, produced={CH: 11})]
+    assert committed_offset(CH, restarting, {"prod": more}) == 11
+
+
+def test_a_plan_that_rolls_the_producer_back_counts_like_a_restart() -> None:
+    rolling = plan({"prod": (1, True)}, {CH: ("prod", 2)})
+    history = [P(1, produced={CH: 2}), P(2, produced={CH: 6})]
+    assert committed_offset(CH, rolling, {"prod": history}) == 2
+    resumed = [*history, P(3, base=1, produced={CH: 3})]
+    assert committed_offset(CH, rolling, {"prod": resumed}) == 3
+
+
+def test_a_producer_the_plan_leaves_running_counts_its_commits_after_the_entry() -> None:
+    survivor = plan({"prod": (2, False), "cons": (None, False)}, {CH: ("prod", 4)}, ("cons",))
+    history = [P(1, produced={CH: 2}), P(2, produced={CH: 4})]
+    assert committed_offset(CH, survivor, {"prod": history}) == 4
+    assert committed_offset(CH, survivor, {"prod": [*history, P(3, produced={CH: 8})]}) == 8
+
+
+def test_a_plan_never_goes_below_its_own_offset() -> None:
+    # The index lacks the entry (a commit only the store has, repaired later): the plan's
+    # offset still holds.
+    restarting = plan({"prod": (5, False)}, {CH: ("prod", 40)})
+    assert committed_offset(CH, restarting, {"prod": []}) == 40
+
+
+def test_a_channel_the_plan_does_not_name_is_read_from_the_index() -> None:
+    older = plan({"prod": (None, False)}, {}, relaunched=("prod",))
+    history = [P(1, kind="takeover"), P(2, base=0, produced={CH: 3})]
+    assert committed_offset(CH, older, {"prod": history}) == 3
+    assert committed_offset(CH, older, {"prod": history[:1]}) == 0
+
+
+def test_two_producers_of_one_channel_are_refused() -> None:
+    histories = {"a": [P(1, produced={CH: 1})], "b": [P(1, produced={CH: 2})]}
+    exc = raises_exactly(InvalidCheckpoint, lambda: committed_offset(CH, None, histories))
+    assert "produced by both 'a' and 'b'" in str(exc)
+    assert producer_of(CH, {"a": histories["a"], "c": [P(1, consumed={CH: 1})]}) == "a"
+
+
+# -- property: a read-committed consumer never reads what a crash replaces ----------------
+
+
+@dataclass
+class Run:
+    """A producer ``prod`` and a read-committed consumer ``cons`` of channel ``ch``, as
+    their commit records and the plans a coordinator would publish."""
+
+    hist: dict[str, list[P]] = field(default_factory=lambda: {"prod": [], "cons": []})
+    offset: int = 0  # the producer's live state: records written so far
+    base: int | None = 0  # the base of the producer's next commit
+    cons_base: int | None = 0
+    consumed: int = 0
+    zombie: int | None = None  # the old incarnation's offset while the slot is dead
+    current: RecoveryPlan | None = None
+    seen: list[int] = field(default_factory=list)  # every watermark read so far
+
+    def record(self, worker: str, **fields: object) -> P:
+        point = P(len(self.hist[worker]) + 1, **fields)  # type: ignore[arg-type]
+        self.hist[worker].append(point)
+        return point
+
+    def produced_at(self, seq: int | None) -> int:
+        point = next((p for p in self.hist["prod"] if p.seq == seq), None)
+        return point.produced.get(CH, 0) if point is not None else 0
+
+    def publish(self, relaunched: str) -> PlanEntry:
+        self.current = build_plan(OP, self.hist, relaunched=[relaunched])
+        assert not self.current.entries["cons"].rollback, "a read-committed consumer rolled back"
+        return self.current.entries[relaunched]
+
+    def step(self, event: str, n: int) -> None:
+        getattr(self, event)(n)
+        watermark = committed_offset(CH, self.current, self.hist)
+        assert watermark >= max(self.seen, default=0), "the watermark went down"
+        # What the producer goes on from (now, or once restarted) is never below it.
+        restored = self.offset if self.zombie is None else self.produced_at(self.entry_seq())
+        assert watermark <= restored, "a crash would replace records below the watermark"
+        self.seen.append(watermark)
+
+    def entry_seq(self) -> int | None:
+        assert self.current is not None
+        return self.current.entries["prod"].seq
+
+    # -- events -------------------------------------------------------------------------
+
+    def produce(self, n: int) -> None:
+        if self.zombie is None:
+            self.offset += n
+
+    def commit(self, n: int) -> None:
+        if self.zombie is None:
+            self.record("prod", base=self.base, produced={CH: self.offset})
+            self.base = None
+            # Liveness: what the live producer commits is readable at once.
+            assert committed_offset(CH, self.current, self.hist) == self.offset
+
+    def crash(self, n: int) -> None:
+        if self.zombie is None:
+            self.publish("prod")
+            self.zombie = self.offset
+
+    def zombie_commit(self, n: int) -> None:
+        """The paused old incarnation commits before the replacement's takeover."""
+        if self.zombie is not None:
+            self.zombie += n
+            self.record("prod", produced={CH: self.zombie})
+
+    def restart(self, n: int) -> None:
+        if self.zombie is not None:
+            seq = self.entry_seq()
+            self.record("prod", kind="takeover")
+            self.offset, self.base, self.zombie = self.produced_at(seq), seq or 0, None
+
+    def consume(self, n: int) -> None:
+        self.consumed = committed_offset(CH, self.current, self.hist)
+        self.record("cons", base=self.cons_base, consumed={CH: self.consumed})
+        self.cons_base = None
+
+    def consumer_crash(self, n: int) -> None:
+        # Only while the producer runs and has committed since its restore: a plan built
+        # before that cannot know which of its lineages it restored (see the report).
+        if self.zombie is None and self.base is None:
+            entry = self.publish("cons")
+            self.record("cons", kind="takeover")
+            self.cons_base = entry.seq or 0
+            point = next((p for p in self.hist["cons"] if p.seq == entry.seq), None)
+            self.consumed = point.consumed.get(CH, 0) if point is not None else 0
+
+
+EVENTS = st.tuples(
+    st.sampled_from(
+        ["produce", "commit", "crash", "zombie_commit", "restart", "consume", "consumer_crash"]
+    ),
+    st.integers(min_value=1, max_value=5),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(EVENTS, max_size=40))
+def test_the_watermark_never_falls_and_a_crash_never_replaces_what_is_below_it(
+    events: list[tuple[str, int]],
+) -> None:
+    run = Run()
+    for event, n in events:
+        run.step(event, n)
+
+
+def test_the_property_has_teeth_a_zombie_commit_is_not_counted() -> None:
+    run = Run()
+    for event, n in [("produce", 3), ("commit", 1), ("crash", 1), ("zombie_commit", 4)]:
+        run.step(event, n)
+    assert run.seen[-1] == 3  # the zombie's 7 will be replaced by the restarted producer
+    # The naive rule (the latest commit, plan or not) would have counted it:
+    assert committed_offset(CH, None, run.hist) == 7
+
+
+@pytest.mark.parametrize("restarted", [True, False])
+def test_the_restart_rule_only_applies_to_restarted_producers(restarted: bool) -> None:
+    relaunched = ("prod",) if restarted else ("cons",)
+    current = plan({"prod": (1, False), "cons": (None, False)}, {CH: ("prod", 2)}, relaunched)
+    history = [P(1, produced={CH: 2}), P(2, produced={CH: 5})]
+    assert committed_offset(CH, current, {"prod": history}) == (2 if restarted else 5)
