@@ -267,7 +267,7 @@ class CheckpointConfig(BaseModel):
             raise ValueError("; ".join(f"{f}: {why}" for f, why in problems))
         return self
 
-    def __init__(self, **data: Any) -> None:
+    def __init__(self, /, **data: Any) -> None:
         try:
             super().__init__(**data)
         except ValidationError as exc:
