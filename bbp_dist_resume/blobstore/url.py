@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import fields, replace
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qs, unquote, urlsplit
 
 from bbp_dist_resume.blobstore.base import BlobStore, check_prefix
 from bbp_dist_resume.blobstore.local import LocalBlobStore
@@ -51,9 +51,16 @@ def open_store(url: str, *, concurrency: int = 8) -> BlobStore:
     raise ConfigError([("store_url", "must start with file: or s3://")])
 
 
+def _split(url: str) -> SplitResult:
+    try:
+        return urlsplit(url)
+    except ValueError:  # an unbalanced "[" or "]" in the host
+        raise ConfigError([("store_url", "the URL does not parse")]) from None
+
+
 def parse_file_url(url: str) -> str:
     """Return the directory of a ``file:`` URL."""
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.query or parts.fragment:
         raise ConfigError([("store_url", "a file: URL takes no query or fragment")])
     if parts.netloc not in ("", "localhost"):
@@ -66,7 +73,7 @@ def parse_file_url(url: str) -> str:
 
 def parse_s3_url(url: str) -> S3Settings:
     """Parse ``s3://bucket/prefix?params`` into ``S3Settings``."""
-    parts = urlsplit(url)
+    parts = _split(url)
     if parts.fragment or parts.username or parts.password:
         raise ConfigError([("store_url", "put credentials in the boto3 chain, not the URL")])
     if not _BUCKET.fullmatch(parts.netloc or ""):

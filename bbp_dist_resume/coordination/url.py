@@ -47,7 +47,10 @@ def _check_redis_url(url: str) -> None:
 
 def sqlite_path(url: str) -> str:
     """The file of ``sqlite:///abs/path`` or ``sqlite:relative/path``."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # an unbalanced "[" or "]" in the host
+        raise ConfigError([("coord_url", "the sqlite URL does not parse")]) from None
     if parts.netloc not in ("", "localhost") or parts.query or parts.fragment:
         raise ConfigError([("coord_url", "use sqlite:///absolute/path or sqlite:relative/path")])
     path = unquote(parts.path)

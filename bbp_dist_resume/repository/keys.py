@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bbp_dist_resume.blobstore import BlobStore
 from bbp_dist_resume.errors import EncryptionKeyError, IntegrityError
@@ -34,18 +34,40 @@ from bbp_dist_resume.repository.codec import KEY_ID_LEN, KeyLookup, SealKey, dec
 KEYS_PREFIX = "keys/"
 _RAW_PREFIX = "base64:"
 _MAX_KEY_OBJECT = 4096
+_WRAPPED_LEN = 12 + 32 + 16  # nonce, data key, GCM tag
+# The floor is restic's default (N=2^15, r=8, p=1): a store config claiming less is refused,
+# so whoever can write the config cannot make passphrases cheap to guess. The ceiling (16x
+# that work, 512 MiB of memory at most) bounds what a hostile config makes an open cost.
+_MAX_SCRYPT_WORK = (1 << 15) * 8 * 16
+
+
+def _b64(text: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("not base64") from None
 
 
 class KdfParams(BaseModel):
-    """scrypt parameters and the per-store salt (base64)."""
+    """scrypt parameters and the per-store salt (base64 of at least 16 bytes)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     name: str = Field("scrypt", pattern="^scrypt$")
     salt: str = Field(min_length=16, max_length=128)
-    n: int = Field(1 << 15, ge=1 << 10, le=1 << 20)
-    r: int = Field(8, ge=1, le=32)
+    n: int = Field(1 << 15, ge=1 << 15, le=1 << 20)
+    r: int = Field(8, ge=8, le=32)
     p: int = Field(1, ge=1, le=16)
+
+    @model_validator(mode="after")
+    def _usable(self) -> KdfParams:
+        if self.n & (self.n - 1):
+            raise ValueError("scrypt n must be a power of two")
+        if self.n * self.r * self.p > _MAX_SCRYPT_WORK:
+            raise ValueError("scrypt parameters beyond 16x the default work")
+        if len(_b64(self.salt)) < 16:
+            raise ValueError("salt shorter than 16 bytes")
+        return self
 
 
 class _KeyObject(BaseModel):
@@ -55,6 +77,13 @@ class _KeyObject(BaseModel):
     key_id: str = Field(pattern="^[0-9a-f]{16}$")
     created_at: str
     wrapped: str = Field(max_length=512)
+
+    @field_validator("wrapped")
+    @classmethod
+    def _wrapped_key(cls, value: str) -> str:
+        if len(_b64(value)) != _WRAPPED_LEN:
+            raise ValueError("a wrapped key is nonce, key and tag")
+        return value
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +184,7 @@ class KeyRing(KeyLookup):
 
     def _try_open(self, store_key: str) -> tuple[DataKey, int] | None:
         obj = _parse_key_object(self._store.get(store_key), store_key)
-        nonce_ct = base64.b64decode(obj.wrapped)
+        nonce_ct = base64.b64decode(obj.wrapped, validate=True)  # checked by _KeyObject
         aad = f"bbp key {obj.key_id}".encode()
         for i, kek in enumerate(self._keks):
             try:
