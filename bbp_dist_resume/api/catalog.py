@@ -18,6 +18,7 @@ from bbp_dist_resume.errors import (
     BBPError,
     IntegrityError,
     InvalidCheckpoint,
+    InvalidIdentifier,
     ManifestError,
     ObjectNotFound,
     UnknownOperation,
@@ -66,7 +67,8 @@ class Catalog:
 
     def manifest(self, checkpoint_id: str) -> Manifest:
         """The manifest of a checkpoint id. Raises ``InvalidIdentifier``, ``ObjectNotFound``
-        (no such checkpoint), ``InvalidCheckpoint`` (a takeover), or ``IntegrityError``."""
+        (no such checkpoint), ``InvalidCheckpoint`` (a takeover), or ``IntegrityError``
+        (``ManifestError`` too for a record whose root is not the index's)."""
         op, worker, seq = parse_checkpoint_id(checkpoint_id)
         key = record_key(op, worker, seq)
         with self._lock:
@@ -76,11 +78,27 @@ class Catalog:
         record = self._repo.load_record(op, worker, seq)
         if not isinstance(record, Manifest):
             raise InvalidCheckpoint(f"{checkpoint_id} is a takeover record, not a checkpoint")
+        self._check_indexed(record)
         with self._lock:
             if len(self._cache) >= _CACHE_CAP:
                 self._cache.clear()
             self._cache[key] = record
         return record
+
+    def _check_indexed(self, record: Manifest) -> None:
+        """Refuse a record that is not the one the index holds for its slot: a well-formed
+        record of the right slot copied from another store or history parses fine, and only
+        the root the index kept at commit time tells it apart. With no index entry (a history
+        the backend lost or never saw) the store is the only truth."""
+        try:
+            entry = self._coord.lookup(record.operation_id, record.worker_id, record.seq)
+        except (UnknownOperation, InvalidIdentifier):
+            return  # the backend does not know this operation or worker
+        if entry is not None and entry.root != record.root:
+            raise ManifestError(
+                "commit record differs from the one the index holds for its slot",
+                key=record.store_key,
+            )
 
     def forget(self, checkpoint_id: str) -> None:
         op, worker, seq = parse_checkpoint_id(checkpoint_id)

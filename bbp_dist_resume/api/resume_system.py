@@ -261,9 +261,14 @@ class ResumeSystem(SystemCore):
     @scoped
     def verify_checkpoint(self, checkpoint_id: str, deep: bool = False) -> bool:
         """True when the checkpoint is intact (quick: every chunk present; deep: every
-        chunk read and re-hashed). False when it is missing or damaged."""
+        chunk read and re-hashed). False when it is missing or damaged: a warning then
+        names the checkpoint and the first object of each kind found wrong."""
         with log_context(checkpoint=checkpoint_id):
-            return self._maint().verify(checkpoint_id, deep=deep).ok
+            report = self._maint().verify(checkpoint_id, deep=deep)
+            if not report.ok:
+                level = "deep" if deep else "quick"
+                log.warning("%s fails %s verification: %s", checkpoint_id, level, report.summary())
+            return report.ok
 
     @scoped
     def delete_checkpoint(self, checkpoint_id: str) -> bool:
