@@ -8,12 +8,13 @@ from dataclasses import dataclass, field
 
 import pytest
 from assertions import raises_exactly
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from bbp_dist_resume.api.watermark import committed_offset, producer_of
+from bbp_dist_resume.api.watermark import committed_offset, producer_of, restored_marker
 from bbp_dist_resume.errors import InvalidCheckpoint
 from bbp_dist_resume.policy.plan import PlanEntry, RecoveryPlan, build_plan
+from bbp_dist_resume.policy.recovery import recovery_line
 
 CH = "ch"
 OP = "op"
@@ -142,7 +143,8 @@ class Run:
     seen: list[int] = field(default_factory=list)  # every watermark read so far
 
     def record(self, worker: str, **fields: object) -> P:
-        point = P(len(self.hist[worker]) + 1, **fields)  # type: ignore[arg-type]
+        # Seqs grow by one per record; retention never deletes the newest or a takeover.
+        point = P(self.hist[worker][-1].seq + 1 if self.hist[worker] else 1, **fields)  # type: ignore[arg-type]
         self.hist[worker].append(point)
         return point
 
@@ -213,17 +215,53 @@ class Run:
             point = next((p for p in self.hist["cons"] if p.seq == entry.seq), None)
             self.consumed = point.consumed.get(CH, 0) if point is not None else 0
 
+    def retain(self, n: int) -> None:
+        """Retention keeping one checkpoint per worker besides what it must keep (as
+        ``Maintenance.protected`` says: the newest, the line's and plan's entries, and
+        the first commit of the incarnation that restored a plan entry)."""
+        line = recovery_line(self.hist)
+        for worker, history in self.hist.items():
+            checkpoints = [p.seq for p in history if p.kind == "checkpoint"]
+            keep = set(checkpoints[-n:]) | {line.cuts[worker].seq}
+            entry = self.current.entries.get(worker) if self.current else None
+            if entry is not None:
+                keep |= {entry.seq, restored_marker(history, entry.seq or 0)}
+            history[:] = [p for p in history if p.kind == "takeover" or p.seq in keep]
+
 
 EVENTS = st.tuples(
     st.sampled_from(
-        ["produce", "commit", "crash", "zombie_commit", "restart", "consume", "consumer_crash"]
+        [
+            "produce",
+            "commit",
+            "crash",
+            "zombie_commit",
+            "restart",
+            "consume",
+            "consumer_crash",
+            "retain",
+        ]
     ),
     st.integers(min_value=1, max_value=5),
 )
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.lists(EVENTS, max_size=40))
+RETENTION_AFTER_A_RESTART = [
+    ("produce", 2),
+    ("commit", 1),
+    ("crash", 1),
+    ("restart", 1),
+    ("produce", 2),
+    ("commit", 1),
+    ("produce", 1),
+    ("commit", 1),
+    ("retain", 1),
+]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(EVENTS, max_size=60))
+@example(RETENTION_AFTER_A_RESTART)
 def test_the_watermark_never_falls_and_a_crash_never_replaces_what_is_below_it(
     events: list[tuple[str, int]],
 ) -> None:

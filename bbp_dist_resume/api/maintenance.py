@@ -4,7 +4,8 @@ rate seen in an operation's history (for the ADAPTIVE strategy).
 Deletion order is DESIGN.md's: index entry first, then the commit record, so no listing
 ever names a checkpoint whose record is gone. A worker's highest record is never deleted
 (its seq would be taken again: a history is one record per seq, written once), nor an
-entry of the current plan or recovery line.
+entry of the current plan or recovery line, nor the first commit of the incarnation that
+restored a plan entry (``watermark.restored_marker``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from bbp_dist_resume.api.catalog import Catalog, Histories
+from bbp_dist_resume.api.watermark import restored_marker
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.coordination import CheckpointSummary, Coordination
 from bbp_dist_resume.errors import (
@@ -68,10 +70,19 @@ class Maintenance:
             if cut.seq is not None:
                 out[worker].add(cut.seq)
         for worker, seq in self._plan_entries(operation_id).items():
-            out.setdefault(worker, set()).add(seq)
+            kept = out.setdefault(worker, set())
+            if seq:
+                kept.add(seq)
+            # The first commit of the incarnation that restored the entry: without it,
+            # committed_offset and the rollback check could not tell that incarnation's
+            # later commits from those of the one the plan replaced.
+            marker = restored_marker(histories.get(worker, ()), seq)
+            if marker is not None:
+                kept.add(marker)
         return out
 
     def _plan_entries(self, operation_id: str) -> dict[str, int]:
+        """Worker -> the seq its plan entry restores (0: the initial state)."""
         try:
             plan = self._coord.read_plan(operation_id)
         except UnknownOperation:
@@ -82,6 +93,8 @@ class Maintenance:
             cid = entry.get("checkpoint_id") if isinstance(entry, dict) else None
             if isinstance(cid, str):
                 out[worker] = parse_checkpoint_id(cid)[2]
+            elif isinstance(entry, dict) and cid is None:
+                out[worker] = 0
         return out
 
     def delete(self, checkpoint_id: str) -> bool:

@@ -94,16 +94,26 @@ def _latest(points: Sequence[Point], channel: str) -> int:
     return points[-1].produced.get(channel, 0) if points else 0
 
 
+def restored_marker(history: Iterable[Point], since: int) -> int | None:
+    """The seq of the first commit of an incarnation that restored seq ``since`` (0: the
+    initial state): the first checkpoint after it whose ``base`` is ``since``. Retention
+    keeps it while a plan names ``since`` (``Maintenance.protected``): without it the
+    restored incarnation's later commits could not be told from the old one's."""
+    return next((p.seq for p in _checkpoints(history) if p.seq > since and p.base == since), None)
+
+
 def _since(points: Sequence[Point], channel: str, since: int, *, restarted: bool) -> int:
     """The offset at the latest checkpoint after seq ``since`` that a crash would not take
     back; 0 when there is none."""
-    newer = [p for p in points if p.seq > since]
+    start = since
     if restarted:
         # The old incarnation's commits above the entry are replaced; the new one shows
         # itself by its first commit, whose base is the entry it restored.
-        start = next((i for i, p in enumerate(newer) if p.base == since), len(newer))
-        newer = newer[start:]
-    return _latest(newer, channel)
+        marker = restored_marker(points, since)
+        if marker is None:
+            return 0
+        start = marker - 1
+    return _latest([p for p in points if p.seq > start], channel)
 
 
 def read_committed_offset(coord: Coordination, operation_id: str, channel: str) -> int:
