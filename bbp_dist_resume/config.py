@@ -4,7 +4,8 @@ distributed ones, validated as a whole.
 Sources, later ones winning: the defaults, a TOML file, ``BBP_<FIELD>`` environment
 variables, keyword arguments (see :meth:`CheckpointConfig.load`). Durations take seconds
 (``300``) or ISO 8601 (``"PT5M"``). ``encryption_key`` and ``decryption_keys`` are
-secrets: they never appear in ``repr``, logs or error messages.
+secrets: they never appear in ``repr``, logs or error messages, nor does the password of a
+URL (``repr`` shows ``redis://***@host``).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -30,6 +31,7 @@ from pydantic import (
 
 from bbp_dist_resume.errors import ConfigError, InvalidIdentifier
 from bbp_dist_resume.ids import check_id
+from bbp_dist_resume.logs import redact
 
 _ENV_PREFIX = "BBP_"
 # BBP_ variables that are not config fields (read by the CLI and the test fixtures).
@@ -145,6 +147,16 @@ class CheckpointConfig(BaseModel):
         gt=timedelta(0),
         description="Lease renewal period; at most half of lease_ttl.",
     )
+    read_committed: bool = Field(
+        False,
+        description="This worker reads only committed records (committed_offset): "
+        "a producer's crash never rolls it back to re-read.",
+    )
+    recovery_timeout: timedelta = Field(
+        timedelta(minutes=10),
+        gt=timedelta(0),
+        description="Recovery barrier: how long a rolled-back worker waits for the others.",
+    )
     upload_concurrency: int = Field(
         8, ge=1, le=256, description="Parallel chunk uploads and downloads."
     )
@@ -163,6 +175,12 @@ class CheckpointConfig(BaseModel):
     )
     allow_unsafe_store: bool = Field(
         False, description="Run on a store whose create-only writes failed the probe."
+    )
+    redis_wait_replicas: int = Field(
+        0, ge=0, le=16, description="Redis replicas that must acknowledge a lease (WAIT); 0: off."
+    )
+    redis_wait_timeout_ms: int = Field(
+        1000, ge=1, le=60_000, description="How long WAIT waits for them, in milliseconds."
     )
     # Garbage collection deletes unreferenced chunks only when older than this margin;
     # a write must commit within a quarter of it (repository/gc.py has the argument).
@@ -321,6 +339,11 @@ class CheckpointConfig(BaseModel):
         data.update(changes)
         return CheckpointConfig(**data)
 
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        # A URL's user:password part (redis://:secret@host) is a secret like the keys.
+        for name, value in super().__repr_args__():
+            yield name, redact(value) if isinstance(value, str) else value
+
     def secret_key(self) -> str | None:
         """The configured encryption key, for the key layer only."""
         return None if self.encryption_key is None else self.encryption_key.get_secret_value()
@@ -338,6 +361,8 @@ def _relation_problems(c: CheckpointConfig) -> list[tuple[str, str]]:
         problems.append(("heartbeat_interval", "must be at most half of lease_ttl"))
     if c.enable_encryption and c.encryption_key is None:
         problems.append(("encryption_key", "required when enable_encryption is true"))
+    if c.redis_wait_replicas and _scheme(c.coord_url) not in ("redis", "rediss"):
+        problems.append(("redis_wait_replicas", "needs a redis:// or rediss:// coord_url"))
     return problems
 
 

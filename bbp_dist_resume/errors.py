@@ -31,6 +31,7 @@
         │   └── WorkerFinished               the worker completed: its slot is closed for good
         ├── LeaseLostError                   the caller no longer owns its lease
         ├── FencedError                      a write carried a stale owner token or fence
+        ├── RecoveryTimeout                  the recovery barrier did not close in time
         └── CoordinationUnavailable          transient: the backend did not answer
 
 Only ``blobstore/`` and ``coordination/`` see botocore or redis exceptions; they translate
@@ -38,6 +39,8 @@ them into these. Messages never contain secrets.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 
 class BBPError(Exception):
@@ -281,6 +284,24 @@ class FencedError(CoordinationError):
         self.worker_id = worker_id
         self.fence = fence
         super().__init__(f"write to {operation_id}/{worker_id} with stale fence {fence} refused")
+
+
+class RecoveryTimeout(CoordinationError):
+    """The recovery barrier did not close in time: some workers the resume plan rolls
+    back had not restored their entries within ``recovery_timeout``.
+
+    Attributes:
+        operation_id; generation: the plan's; missing: the workers not restored.
+    """
+
+    def __init__(self, operation_id: str, generation: int, missing: Sequence[str]) -> None:
+        self.operation_id = operation_id
+        self.generation = generation
+        self.missing = tuple(missing)
+        super().__init__(
+            f"resume plan {generation} of {operation_id}: {', '.join(self.missing)} "
+            "did not restore within the recovery timeout"
+        )
 
 
 class CoordinationUnavailable(CoordinationError):

@@ -777,6 +777,36 @@ def test_wait_plan_returns_none_on_timeout(coord: Coordination, op: OperationInf
     assert coord.wait_plan(OP, after=0, timeout=0.3) is not None
 
 
+def test_plan_acks_keep_each_workers_newest_generation(
+    open_coord: Callable[[], Coordination], op: OperationInfo
+) -> None:
+    coord, other = open_coord(), open_coord()
+    assert coord.plan_acks(OP) == {}
+    coord.ack_plan(OP, "w0", 2)
+    other.ack_plan(OP, "w1", 1)
+    coord.ack_plan(OP, "w0", 1)  # a late ack of an older plan changes nothing
+    assert other.plan_acks(OP) == {"w0": 2, "w1": 1}
+    coord.ack_plan(OP, "w0", 3)
+    coord.ack_plan(OP, "w0", 3)  # twice, as a retried call would
+    assert coord.plan_acks(OP) == {"w0": 3, "w1": 1}
+
+
+@pytest.mark.parametrize("generation", [0, -1, True, 1.5, "2", None])
+def test_ack_plan_refuses_a_generation_that_is_not_positive(
+    coord: Coordination, op: OperationInfo, generation: Any
+) -> None:
+    with pytest.raises(InvalidIdentifier):
+        coord.ack_plan(OP, "w0", generation)
+    assert coord.plan_acks(OP) == {}
+
+
+def test_plan_acks_of_an_unknown_operation(coord: Coordination) -> None:
+    with pytest.raises(UnknownOperation):
+        coord.ack_plan("no-such-op", "w0", 1)
+    with pytest.raises(UnknownOperation):
+        coord.plan_acks("no-such-op")
+
+
 # --- reclaim queue --------------------------------------------------------------------
 
 

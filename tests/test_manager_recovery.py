@@ -59,7 +59,7 @@ def lease_lost(rs: ResumeSystem) -> bool:
 
 
 def test_a_consumer_ahead_of_the_surviving_producer_checkpoint_is_rolled_back(
-    make_config: MakeConfig, managers: Managers, systems: Systems
+    make_config: MakeConfig, managers: Managers, systems: Systems, adopt: Adopt
 ) -> None:
     cfg, op = fast(make_config), new_op()
     mgr = managers(cfg)
@@ -97,6 +97,9 @@ def test_a_consumer_ahead_of_the_surviving_producer_checkpoint_is_rolled_back(
     with pytest.raises(RollbackRequested):
         b.ensure_lease()
     assert b.list_checkpoints(op).count(f"{op}/w1/4") == 0  # nothing was committed
+    # The recovery barrier: w1 goes on only once the relaunched producer restored.
+    relaunched = adopt(mgr.claim("pool"))
+    assert relaunched.worker_id == "w0" and relaunched.context is not None
     context = b.resume_automatically(op)
     assert context is not None and context.checkpoint_id == f"{op}/w1/2"
     assert dict(context.state) == {"n": 5} and dict(context.consumed) == {"ch": 5}

@@ -37,6 +37,8 @@ log = get_logger("bbp_dist_resume")
 P = ParamSpec("P")
 R = TypeVar("R")
 S = TypeVar("S", bound="SystemCore")
+# What a resume restored: seq (0: none), elapsed seconds, plan generation, consumed offsets.
+Resumed = tuple[int, float, int | None, dict[str, int] | None]
 
 
 def scoped(method: Callable[Concatenate[S, P], R]) -> Callable[Concatenate[S, P], R]:
@@ -64,7 +66,7 @@ class SystemCore:
         self._callbacks = Callbacks()
         self._rt: Runtime | None = None
         self._session: WorkerSession | None = None
-        self._pending_base: dict[str, tuple[int, float]] = {}
+        self._pending_base: dict[str, Resumed] = {}
         self._saved_log_level: int | None = None
         if self._config.detailed_logging:
             self.set_detailed_logging(True)
@@ -155,6 +157,8 @@ class SystemCore:
                 interval_s=self._config.heartbeat_interval.total_seconds(),
             )
             self._session.on_rollback = self._rolled_back
+            self._session.deterministic = frozenset(self._config.deterministic_producers)
+            self._session.read_committed = self._config.read_committed
             if operation_id in self._pending_base:
                 self._session.resumed_from(*self._pending_base.pop(operation_id))
             self._ckpt().reset_schedule(self._maint().observed_mtbf(operation_id))
@@ -295,16 +299,18 @@ class SystemCore:
     ) -> None:
         """The worker's state now comes from ``manifest`` (None: a clean start), chosen
         by plan ``generation`` when given."""
-        base = (0, 0.0)
+        base: Resumed = (0, 0.0, generation, None)
         if manifest is not None:
             own = manifest.worker_id == self.worker_id
-            base = (manifest.seq if own else 0, manifest.elapsed_seconds)
+            seq = manifest.seq if own else 0
+            base = (seq, manifest.elapsed_seconds, generation, dict(manifest.consumed))
         with self._lock:
             session = self._session
             if session is not None and session.operation.operation_id == operation_id:
-                consumed = manifest.consumed if manifest is not None else None
-                session.resumed_from(*base, generation, consumed)
+                session.resumed_from(*base)
             else:
+                # Kept for the session start_monitoring opens: its state, the plan it
+                # follows (so that plan is not taken for a new rollback) and its offsets.
                 self._pending_base[operation_id] = base
         if manifest is not None and self._rt is not None:
             self._rt.checkpointer.restored(manifest.progress, manifest.stage)

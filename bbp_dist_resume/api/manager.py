@@ -101,7 +101,11 @@ class ResumeSystemManager:
             start_configured_exporter(self._config)
             repo = open_repository(None, self._config)
             try:
-                self._coord = open_coordination(self._config.coord_url)
+                self._coord = open_coordination(
+                    self._config.coord_url,
+                    wait_replicas=self._config.redis_wait_replicas,
+                    wait_timeout_ms=self._config.redis_wait_timeout_ms,
+                )
             except BaseException:
                 repo.close()
                 raise

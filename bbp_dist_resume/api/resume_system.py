@@ -215,11 +215,27 @@ class ResumeSystem(SystemCore):
         )
 
     @scoped
-    def resume_automatically(self, operation_id: str) -> ResumeContext | None:
+    def resume_automatically(
+        self,
+        operation_id: str,
+        *,
+        on_restored: Callable[[ResumeContext | None], None] | None = None,
+    ) -> ResumeContext | None:
         """Resume this worker from the published plan, else the recovery line, falling
-        back past checkpoints that fail verification. None: start clean."""
+        back past checkpoints that fail verification. None: start clean.
+
+        Under a plan that rolls workers back, return only once every one of them has
+        restored its entry (the recovery barrier). ``on_restored(context)`` runs after
+        this worker's restore and before the others are told of it: put outputs back to
+        the restored state there (truncate a channel to ``context.produced``).
+
+        Raises:
+            RecoveryTimeout: rolled-back workers did not restore within
+                ``recovery_timeout``. RollbackRequested: a newer plan superseded the one
+                followed (resume again). IntegrityError: nothing restorable.
+        """
         check_id(operation_id, "operation id")
-        return self._resumer().automatically(operation_id)
+        return self._resumer().automatically(operation_id, on_restored)
 
     @scoped
     def open_checkpoint(self, checkpoint_id: str) -> ResumeContext:

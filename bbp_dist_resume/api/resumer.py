@@ -7,9 +7,11 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from bbp_dist_resume.api import resume as rsm
+from bbp_dist_resume.api.barrier import await_barrier
 from bbp_dist_resume.api.metrics import recorder
 from bbp_dist_resume.api.models import CheckpointMetadata, ResumeContext, ResumeMode
 from bbp_dist_resume.api.snapshot import STATE_PART
+from bbp_dist_resume.coordination import ResumePlan
 from bbp_dist_resume.errors import (
     IntegrityError,
     InvalidCheckpoint,
@@ -27,6 +29,7 @@ if TYPE_CHECKING:
 
 log = get_logger(__name__)
 _MAX_FALLBACKS = 64
+Restored = Callable[[ResumeContext | None], None]
 # Failures that mean "this checkpoint cannot be restored": fall back past it.
 _UNRESTORABLE = (IntegrityError, ObjectNotFound, InvalidCheckpoint)
 
@@ -42,12 +45,14 @@ class Resumer:
 
     # -- entry points --------------------------------------------------------------------
 
-    def automatically(self, operation_id: str) -> ResumeContext | None:
+    def automatically(
+        self, operation_id: str, on_restored: Restored | None = None
+    ) -> ResumeContext | None:
         self._operation = operation_id
         self._rs._machine.recovery_started()
         try:
             with log_context(operation=operation_id):
-                return self._automatically(operation_id)
+                return self._automatically(operation_id, on_restored)
         finally:
             self._rs._machine.recovery_finished()
 
@@ -124,9 +129,37 @@ class Resumer:
 
         return self._line(operation_id, {}, selection=ResumeSelection.BEST, score=score)
 
-    def _automatically(self, operation_id: str) -> ResumeContext | None:
+    def _automatically(
+        self, operation_id: str, on_restored: Restored | None
+    ) -> ResumeContext | None:
+        plan = self._read_plan(operation_id)
+        planned = (
+            None
+            if plan is None
+            else rsm.plan_choice(plan.body, plan.generation, self._rs.worker_id)
+        )
+        context = self._restore_or_fall_back(operation_id, planned)
+        if on_restored is not None:
+            on_restored(context)
+        if plan is not None and planned is not None:
+            # The recovery barrier: go on only once every rolled-back worker restored.
+            coord, _ = self._rs._require_open()
+            timeout = self._rs.get_config().recovery_timeout.total_seconds()
+            with log_context(checkpoint=planned.checkpoint_id or ""):
+                await_barrier(
+                    coord,
+                    operation_id,
+                    self._rs.worker_id,
+                    (plan.generation, plan.body),
+                    timeout,
+                )
+        return context
+
+    def _restore_or_fall_back(
+        self, operation_id: str, planned: rsm.Choice | None
+    ) -> ResumeContext | None:
         excluded: dict[str, set[int]] = {}
-        choice = self._plan_choice(operation_id) or self._line(operation_id, excluded)
+        choice = planned or self._line(operation_id, excluded)
         for _ in range(_MAX_FALLBACKS):
             if choice.checkpoint_id is None:
                 self._rs._note_resumed(operation_id, None, choice.generation)
@@ -144,15 +177,12 @@ class Resumer:
             f"no restorable checkpoint of {operation_id} after {_MAX_FALLBACKS} tries"
         )
 
-    def _plan_choice(self, operation_id: str) -> rsm.Choice | None:
+    def _read_plan(self, operation_id: str) -> ResumePlan | None:
         coord, _ = self._rs._require_open()
         try:
-            plan = coord.read_plan(operation_id)
+            return coord.read_plan(operation_id)
         except UnknownOperation:
             return None
-        if plan is None:
-            return None
-        return rsm.plan_choice(plan.body, plan.generation, self._rs.worker_id)
 
     def _line(
         self,

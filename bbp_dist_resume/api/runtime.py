@@ -22,7 +22,11 @@ class Runtime:
     def __init__(self, config: CheckpointConfig, plumbing: Plumbing) -> None:
         self.repo: Repository = open_repository(None, config)
         try:
-            self.coord: Coordination = open_coordination(config.coord_url)
+            self.coord: Coordination = open_coordination(
+                config.coord_url,
+                wait_replicas=config.redis_wait_replicas,
+                wait_timeout_ms=config.redis_wait_timeout_ms,
+            )
         except BaseException:
             self.repo.close()
             raise

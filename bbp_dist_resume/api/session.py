@@ -83,6 +83,10 @@ class WorkerSession:
         self._rollback: RollbackRequested | None = None
         self._consumed: dict[str, int] = {}  # channel offsets of the state it is at
         self.on_rollback: Callable[[RollbackRequested], None] | None = None
+        # Producers whose records come out the same when produced again, and whether
+        # this worker reads only committed records (config).
+        self.deterministic: frozenset[str] = frozenset()
+        self.read_committed = False
 
     @classmethod
     def open(
@@ -101,9 +105,12 @@ class WorkerSession:
         try:
             history = repair_index(repo, coord, op, worker_id)
             lease = _fence_above_store(coord, lease, ttl_ms, history)
-            takeover = repo.takeover(
-                op, worker_id, owner_token=lease.owner_token, fence=lease.fence
-            )
+            try:
+                takeover = repo.takeover(
+                    op, worker_id, owner_token=lease.owner_token, fence=lease.fence
+                )
+            except CommitConflict:  # an owner with this fence or a newer one took the slot
+                raise LeaseLostError(op, worker_id, "taken over in the store") from None
             coord.record(lease, CheckpointSummary.of(takeover))
             done = [s for s in history if s.kind == "checkpoint"]
         except BaseException:
@@ -200,27 +207,44 @@ class WorkerSession:
             raise self._rollback
         return lease
 
-    def _behind(self, body: Mapping[str, Any], entry: Mapping[str, Any]) -> bool:
-        """Whether a plan that puts this worker at an earlier seq than its state must roll
-        it back. A plan names every worker, and a survivor that committed after it was
-        built is merely ahead of it, which is consistent, unless the planner moved it
-        back, or it holds records of a restarted producer that no commit of that
-        producer's new incarnation covers (they will be produced again, maybe
-        differently). Committed records are never replaced, so reading them is safe."""
+    def _behind(self, body: Mapping[str, Any], entry: Mapping[str, Any], seq: int) -> bool:
+        """Whether a plan that puts this worker at ``seq`` must roll it back.
+
+        Yes when the planner moved it back. Else, for a plan entry older than its state:
+        a survivor that committed after the plan was built is merely ahead of it, which
+        is consistent, unless it holds records of a restarted producer that no commit of
+        that producer's new incarnation covers (they will be produced again, maybe
+        differently). And even at its latest checkpoint, a consumer that reads at once
+        (not ``read_committed``) from a restarted producer that is not deterministic may
+        hold, in memory, records that will be replaced: it goes back and reads again."""
         if entry.get("rollback") is True:
             return True
+        for channel, producer, offset, since in self._restarted_channels(body):
+            if channel not in self._consumed:
+                continue
+            if not self.read_committed and producer not in self.deterministic:
+                return True
+            held = self._consumed[channel]
+            ahead = seq < self._state_seq and held > offset
+            if ahead and held > self._recommitted(producer, channel, since, offset):
+                return True
+        return False
+
+    def _restarted_channels(self, body: Mapping[str, Any]) -> list[tuple[str, str, int, int]]:
+        """(channel, producer, the plan's offset, the producer's entry seq) for every
+        channel whose producer the plan relaunches or rolls back."""
         entries, relaunched = body.get("entries", {}), set(body.get("relaunched", []))
+        out = []
         for channel, pair in body.get("channels", {}).items():
             if not (isinstance(pair, list) and len(pair) == 2):
                 continue
             producer, offset = pair
-            restarted = producer in relaunched or entries.get(producer, {}).get("rollback")
-            held = self._consumed.get(channel, 0)
-            if restarted and held > offset:
+            if producer == self.worker_id:
+                continue
+            if producer in relaunched or entries.get(producer, {}).get("rollback"):
                 since = entries.get(producer, {}).get("seq") or 0
-                if held > self._recommitted(producer, channel, since, offset):
-                    return True
-        return False
+                out.append((channel, producer, int(offset), int(since)))
+        return out
 
     def _recommitted(self, producer: str, channel: str, since: int, offset: int) -> int:
         """How far the producer's new incarnation (its commits from the one that resumed
@@ -245,7 +269,7 @@ class WorkerSession:
         if not isinstance(entry, dict):
             return
         seq = entry.get("seq") or 0
-        if isinstance(seq, int) and seq < self._state_seq and self._behind(plan.body, entry):
+        if isinstance(seq, int) and seq <= self._state_seq and self._behind(plan.body, entry, seq):
             rollback = RollbackRequested(op, plan.generation, entry.get("checkpoint_id"))
             self._rollback = rollback
             recorder().rolled_back(op, worker)

@@ -163,6 +163,15 @@ class Coordination(Protocol):
         seconds pass (return None)."""
         ...
 
+    def ack_plan(self, operation_id: str, worker_id: str, generation: int) -> None:
+        """Record that the worker restored its entry of plan ``generation`` (the recovery
+        barrier); an older generation never replaces a newer one."""
+        ...
+
+    def plan_acks(self, operation_id: str) -> dict[str, int]:
+        """Per worker, the newest plan generation it acknowledged."""
+        ...
+
     # -- reclaim queue -------------------------------------------------------------------
 
     def reclaim_push(self, operation_id: str, worker_id: str) -> None:

@@ -28,6 +28,13 @@ def check_progress(progress: float | None) -> float | None:
     return float(progress)
 
 
+def check_generation(generation: int) -> int:
+    """A plan generation: a positive int (the first plan published is 1)."""
+    if isinstance(generation, bool) or not isinstance(generation, int) or generation < 1:
+        raise InvalidIdentifier("generation", generation, "must be a positive integer")
+    return generation
+
+
 def check_workers(workers: Sequence[str]) -> list[str]:
     """An operation's workers: a non-empty list of unique, valid ids."""
     if isinstance(workers, str):

@@ -54,6 +54,11 @@ def plan(op: str) -> str:
     return f"{_op(op)}:plan"
 
 
+def acks(op: str) -> str:
+    """Hash worker -> the newest plan generation whose entry it restored (the barrier)."""
+    return f"{_op(op)}:acks"
+
+
 OPS = "bbp:ops"
 """Zset of known operations, scored by creation time."""
 

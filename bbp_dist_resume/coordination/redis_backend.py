@@ -8,6 +8,7 @@ never retries, so a release or a queue push is sent at most once.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -16,7 +17,12 @@ from dataclasses import replace
 from typing import Any
 
 from bbp_dist_resume.coordination import keys as K
-from bbp_dist_resume.coordination.checks import check_progress, check_ttl, check_workers
+from bbp_dist_resume.coordination.checks import (
+    check_generation,
+    check_progress,
+    check_ttl,
+    check_workers,
+)
 from bbp_dist_resume.coordination.models import (
     CheckpointSummary,
     Lease,
@@ -28,7 +34,9 @@ from bbp_dist_resume.coordination.models import (
 )
 from bbp_dist_resume.coordination.redis_client import RedisCalls, connect_client
 from bbp_dist_resume.coordination.redis_queue import ReclaimQueue
+from bbp_dist_resume.coordination.redis_wait import ReplicaWait
 from bbp_dist_resume.errors import (
+    CoordinationError,
     FencedError,
     InvalidCheckpoint,
     InvalidIdentifier,
@@ -43,10 +51,12 @@ _POLL_S = 0.05
 
 
 class RedisCoordination:
-    """The ``Coordination`` protocol over a redis-py client (``Redis`` or ``RedisCluster``)."""
+    """The ``Coordination`` protocol over a redis-py client (``Redis`` or ``RedisCluster``);
+    ``wait_replicas`` > 0 sends WAIT after the writes of ``redis_wait`` (standalone only)."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, wait_replicas: int = 0, wait_timeout_ms: int = 1000) -> None:
         self._c = RedisCalls(client)
+        self._wait = ReplicaWait(self._c, replicas=wait_replicas, timeout_ms=wait_timeout_ms)
         self._r = client
         self._queue = ReclaimQueue(self._c)
         self._retry = self._c.retry
@@ -144,31 +154,12 @@ class RedisCoordination:
         member = K.slot_member(operation_id, worker_id)
         self._retry(lambda: self._r.zadd(K.ALL_DEADLINES, {member: 0}, nx=True))
         started = time.monotonic()
-        result = self._retry(
-            lambda: self._script(
-                "ACQUIRE",
-                [
-                    slot["meta"],
-                    slot["lease"],
-                    slot["fence"],
-                    slot["deadlines"],
-                    slot["owner"],
-                    slot["done"],
-                ],
-                [worker_id, token, check_ttl(ttl_ms)],
-            )
-        )
+        keys = [slot[k] for k in ("meta", "lease", "fence", "deadlines", "owner", "done")]
+        args = [worker_id, token, check_ttl(ttl_ms)]
+        result, acks = self._retry(lambda: self._wait.script("ACQUIRE", keys, args))
         code = int(result[0])
-        if code == -1:
-            raise UnknownOperation(operation_id)
-        if code == -2:
-            raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
-        if code == -3:
-            raise LeaseHeldError(operation_id, worker_id)
-        if code == -4:
-            raise WorkerFinished(operation_id, worker_id)
-        self._mirror_deadline(operation_id, worker_id, int(result[1]))
-        return Lease(
+        _refused(code, operation_id, worker_id)
+        lease = Lease(
             operation_id=operation_id,
             worker_id=worker_id,
             owner_token=token,
@@ -176,6 +167,12 @@ class RedisCoordination:
             ttl_ms=ttl_ms,
             renewed_at=started,
         )
+        if self._wait.short(acks):
+            with contextlib.suppress(CoordinationError):  # else it blocks the slot for a TTL
+                self.release(lease)
+            self._wait.required(f"acquiring {operation_id}/{worker_id} (fence {code})", acks)
+        self._mirror_deadline(operation_id, worker_id, int(result[1]))
+        return lease
 
     def _mirror_deadline(self, op: str, worker: str, deadline: int) -> None:
         # The global zset only points the crash scan at candidates; the per-op lease key
@@ -211,8 +208,8 @@ class RedisCoordination:
 
     def mark_worker_done(self, lease: Lease) -> OperationInfo:
         slot = _slot_keys(lease.operation_id, lease.worker_id)
-        status = self._retry(
-            lambda: self._script(
+        status, acks = self._retry(
+            lambda: self._wait.script(
                 "MARK_DONE",
                 [slot["meta"], slot["lease"], slot["done"], slot["owner"]],
                 [lease.owner_token, lease.worker_id],
@@ -220,6 +217,7 @@ class RedisCoordination:
         )
         if not status:
             raise LeaseLostError(lease.operation_id, lease.worker_id, "not held by this owner")
+        self._wait.advised(f"{lease.operation_id}/{lease.worker_id} done", acks)
         member = K.slot_member(lease.operation_id, lease.worker_id)
         self._retry(lambda: self._r.zrem(K.ALL_DEADLINES, member))
         return self.get_operation(lease.operation_id)
@@ -380,9 +378,11 @@ class RedisCoordination:
             raise InvalidCheckpoint(f"a resume plan must be plain JSON: {exc}") from None
         keys_ = [K.meta(operation_id), K.plan(operation_id)]
         plan_id = uuid.uuid4().hex  # makes a retried publish land once
-        generation = int(self._retry(lambda: self._script("PUBLISH_PLAN", keys_, [plan_id, text])))
+        got, acks = self._retry(lambda: self._wait.script("PUBLISH_PLAN", keys_, [plan_id, text]))
+        generation = int(got)
         if generation < 0:
             raise UnknownOperation(operation_id)
+        self._wait.advised(f"plan {generation} of {operation_id}", acks)
         return ResumePlan(operation_id=operation_id, generation=generation, body=json.loads(text))
 
     def read_plan(self, operation_id: str) -> ResumePlan | None:
@@ -405,6 +405,19 @@ class RedisCoordination:
             if time.monotonic() >= end:
                 return None
             time.sleep(min(_POLL_S, max(0.0, end - time.monotonic())))
+
+    def ack_plan(self, operation_id: str, worker_id: str, generation: int) -> None:
+        check_id(worker_id, "worker id")
+        keys_ = [K.meta(operation_id), K.acks(operation_id)]
+        args = [worker_id, check_generation(generation)]
+        if int(self._retry(lambda: self._script("ACK_PLAN", keys_, args))) < 0:
+            raise UnknownOperation(operation_id)
+
+    def plan_acks(self, operation_id: str) -> dict[str, int]:
+        self._require(operation_id)
+        key = K.acks(operation_id)
+        raw = self._retry(lambda: self._r.hgetall(key))
+        return {str(w): int(g) for w, g in raw.items()}
 
     # -- reclaim queue -------------------------------------------------------------------
 
@@ -450,13 +463,14 @@ class RedisCoordination:
     def restart_fences(self, operation_id: str, worker_id: str, above: int) -> None:
         self._require_worker(operation_id, worker_id)
         slot = _slot_keys(operation_id, worker_id)
-        self._retry(
-            lambda: self._script(
+        _, acks = self._retry(
+            lambda: self._wait.script(
                 "RESTART_FENCE",
                 [slot["fence"], slot["lease"], slot["deadlines"]],
                 [int(above), worker_id],
             )
         )
+        self._wait.required(f"the fence restart of {operation_id}/{worker_id}", acks)
         if not self._retry(lambda: self._r.exists(slot["lease"])):
             self._mirror_deadline(operation_id, worker_id, 0)
 
@@ -470,6 +484,18 @@ def _check_member(operation_id: str, worker_id: str, workers: str | None) -> Non
         raise UnknownOperation(operation_id)
     if worker_id not in json.loads(workers):
         raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
+
+
+def _refused(code: int, operation_id: str, worker_id: str) -> None:
+    """The error of an ACQUIRE refusal code (none for a fence)."""
+    if code == -1:
+        raise UnknownOperation(operation_id)
+    if code == -2:
+        raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
+    if code == -3:
+        raise LeaseHeldError(operation_id, worker_id)
+    if code == -4:
+        raise WorkerFinished(operation_id, worker_id)
 
 
 def _crashed(facts: list[Any]) -> bool:
@@ -516,11 +542,17 @@ def _summaries(raw: Iterable[str]) -> list[CheckpointSummary]:
     return [CheckpointSummary.model_validate_json(item) for item in raw]
 
 
-def connect(url: str, *, timeout_s: float = 5.0) -> RedisCoordination:
-    """Open ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://`` (a Cluster seed)."""
-    client = connect_client(url, timeout_s=timeout_s)
+def connect(
+    url: str, *, timeout_s: float = 5.0, wait_replicas: int = 0, wait_timeout_ms: int = 1000
+) -> RedisCoordination:
+    """Open ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://`` (a Cluster seed);
+    ``wait_replicas`` and ``wait_timeout_ms``: see ``redis_wait`` (not on a Cluster)."""
+    wait_s = wait_timeout_ms / 1000 if wait_replicas else 0.0
+    client = connect_client(url, timeout_s=timeout_s, wait_s=wait_s)
     try:
-        return RedisCoordination(client)
+        return RedisCoordination(
+            client, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms
+        )
     except BaseException:
         client.close()
         raise

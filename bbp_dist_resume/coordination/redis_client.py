@@ -38,6 +38,7 @@ SCRIPT_NAMES = (
     "RECORD",
     "REPAIR",
     "PUBLISH_PLAN",
+    "ACK_PLAN",
     "RESTART_FENCE",
     "LEADER",
     "COMPARE_AND_DELETE",
@@ -93,16 +94,25 @@ class RedisCalls:
     def script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         return self._scripts[name](keys=keys, args=args)
 
+    def sha(self, name: str) -> str:
+        """The SHA1 of a registered script, for EVALSHA in a pipeline."""
+        return str(self._scripts[name].sha)
+
+    def load(self, name: str) -> None:
+        """SCRIPT LOAD a registered script (after NOSCRIPT from a pipeline)."""
+        self.r.script_load(self._scripts[name].script)
+
     def now_ms(self) -> int:
         seconds, micros = self.retry(self.r.time)
         return int(seconds) * 1000 + int(micros) // 1000
 
 
-def connect_client(url: str, *, timeout_s: float = 5.0) -> Any:
-    """A redis-py client for ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://``."""
+def connect_client(url: str, *, timeout_s: float = 5.0, wait_s: float = 0.0) -> Any:
+    """A redis-py client for ``redis://``, ``rediss://`` (TLS) or ``redis+cluster://``;
+    ``wait_s`` is the longest WAIT it sends, added to the read timeout."""
     common: dict[str, Any] = {
         "decode_responses": True,
-        "socket_timeout": timeout_s,
+        "socket_timeout": timeout_s + wait_s,
         "socket_connect_timeout": timeout_s,
     }
     # No retries in the client: _retry retries the idempotent calls, and only those.

@@ -43,6 +43,9 @@ if redis.call('SISMEMBER', KEYS[6], ARGV[1]) == 1 then return {-4} end
     + """
 local holder = redis.call('GET', KEYS[2])
 if holder == ARGV[2] then
+  -- A retry whose first try landed. Write again (the same owner) so that a WAIT after
+  -- this call covers the first try's fence INCR, replicated before this write.
+  redis.call('SET', KEYS[5], ARGV[2])
   return {tonumber(redis.call('GET', KEYS[3])), now + tonumber(redis.call('PTTL', KEYS[2]))}
 end
 if holder then return {-3} end
@@ -145,6 +148,17 @@ local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 redis.call('SET', KEYS[2], '{"generation":' .. g .. ',"plan_id":"' .. ARGV[1] ..
   '","body":' .. ARGV[2] .. '}')
 return g
+"""
+
+ACK_PLAN = """
+-- KEYS[1] meta, KEYS[2] acks
+-- ARGV[1] worker, ARGV[2] plan generation
+-- Records that the worker restored its entry of that plan (the recovery barrier); an
+-- older generation never replaces a newer one. Returns -1 for an unknown operation.
+if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
+local g = tonumber(redis.call('HGET', KEYS[2], ARGV[1]) or '0')
+if tonumber(ARGV[2]) > g then redis.call('HSET', KEYS[2], ARGV[1], ARGV[2]) end
+return 1
 """
 
 RESTART_FENCE = """

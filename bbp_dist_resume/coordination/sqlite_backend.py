@@ -31,7 +31,12 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from bbp_dist_resume.coordination.checks import check_progress, check_ttl, check_workers
+from bbp_dist_resume.coordination.checks import (
+    check_generation,
+    check_progress,
+    check_ttl,
+    check_workers,
+)
 from bbp_dist_resume.coordination.models import (
     CheckpointSummary,
     Lease,
@@ -65,6 +70,10 @@ _LATEST = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? ORDER B
 _LOOKUP = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? AND seq = ?"
 _BUMP_GENERATION = (
     "UPDATE operations SET generation = generation + 1 WHERE op = ? RETURNING generation"
+)
+_ACK_PLAN = (
+    "INSERT INTO plan_acks VALUES (?, ?, ?) ON CONFLICT (op, worker) "
+    "DO UPDATE SET generation = MAX(generation, excluded.generation)"
 )
 _ADD_ENTRY = "INSERT OR IGNORE INTO index_entries VALUES (?, ?, ?, ?)"
 _CRASHED = (
@@ -340,6 +349,20 @@ class SQLiteCoordination:
             if left <= 0:
                 return None
             time.sleep(min(_POLL_S, left))
+
+    def ack_plan(self, operation_id: str, worker_id: str, generation: int) -> None:
+        op, worker = _op_worker(operation_id, worker_id)
+        generation = check_generation(generation)
+        with self._tx() as db:
+            _op_row(db, op)
+            db.execute(_ACK_PLAN, (op, worker, generation))
+
+    def plan_acks(self, operation_id: str) -> dict[str, int]:
+        op = check_id(operation_id, "operation id")
+        with self._tx(write=False) as db:
+            _op_row(db, op)
+            rows = db.execute("SELECT worker, generation FROM plan_acks WHERE op = ?", (op,))
+            return {str(w): int(g) for w, g in rows.fetchall()}
 
     # -- reclaim queue -------------------------------------------------------------------
 

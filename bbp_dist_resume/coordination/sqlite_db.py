@@ -35,6 +35,8 @@ SCHEMA = (
         FOREIGN KEY (op, worker) REFERENCES slots (op, worker))""",
     """CREATE TABLE IF NOT EXISTS plans (op TEXT PRIMARY KEY REFERENCES operations (op),
         generation INTEGER NOT NULL, body TEXT NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS plan_acks (op TEXT NOT NULL REFERENCES operations (op),
+        worker TEXT NOT NULL, generation INTEGER NOT NULL, PRIMARY KEY (op, worker))""",
     """CREATE TABLE IF NOT EXISTS reclaim (id INTEGER PRIMARY KEY AUTOINCREMENT,
         op TEXT NOT NULL, worker TEXT NOT NULL, consumer TEXT, claimed_at_ms INTEGER)""",
     """CREATE TABLE IF NOT EXISTS leader (name TEXT PRIMARY KEY, holder TEXT NOT NULL,

@@ -10,21 +10,38 @@ from bbp_dist_resume.coordination.sqlite_backend import SQLiteCoordination
 from bbp_dist_resume.errors import ConfigError
 
 _REDIS = ("redis://", "rediss://", "redis+cluster://")
+_STANDALONE = ("redis://", "rediss://")
+# redis-py sends WAIT on a Cluster to every node over other connections than the write's.
+_WAIT_WHERE = "WAIT needs one Redis primary (redis:// or rediss://): not a Cluster, not SQLite"
 
 
-def open_coordination(url: str, *, timeout_s: float = 5.0) -> Coordination:
+def open_coordination(
+    url: str, *, timeout_s: float = 5.0, wait_replicas: int = 0, wait_timeout_ms: int = 1000
+) -> Coordination:
     """Open ``redis://[:password@]host:port/db``, ``rediss://…`` (TLS),
     ``redis+cluster://host:port`` (a Cluster seed) or ``sqlite:///path/to/file.db``.
 
+    Args:
+        url: the coordination URL.
+        timeout_s: connect and read timeout of each call.
+        wait_replicas: Redis replicas that must acknowledge a lease acquisition (WAIT)
+            before it counts; 0 for none (``coordination.redis_wait`` has the rules).
+        wait_timeout_ms: how long WAIT waits for them.
+
     Raises:
-        ConfigError: the URL does not parse or has an unknown scheme.
+        ConfigError: the URL does not parse or has an unknown scheme, or WAIT is asked
+            of a backend that is not a standalone Redis primary.
         CoordinationUnavailable: the server does not answer.
     """
     if not isinstance(url, str):
         raise ConfigError([("coord_url", "must be a string")])
+    if wait_replicas and not url.startswith(_STANDALONE):
+        raise ConfigError([("redis_wait_replicas", _WAIT_WHERE)])
     if url.startswith(_REDIS):
         _check_redis_url(url)
-        return connect(url, timeout_s=timeout_s)
+        return connect(
+            url, timeout_s=timeout_s, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms
+        )
     if url.startswith("sqlite:"):
         return SQLiteCoordination(sqlite_path(url), timeout_s=timeout_s)
     raise ConfigError(

@@ -273,7 +273,9 @@ def run_worker(rc: RunConfig, op: str, worker_id: str) -> int:
     """One worker process from start to exit; returns its exit code."""
     events = Events(rc.run_dir, worker_id)
     events.log("start", argv=sys.argv[1:3], fault=os.environ.get("BBP_FAULT"), ppid=os.getppid())
-    rs = ResumeSystem(rc.checkpoint, worker_id)
+    # Consumers here read only what producers committed (step 3): a producer's crash
+    # never makes them drop what they read.
+    rs = ResumeSystem(rc.checkpoint.with_changes(read_committed=True), worker_id)
     try:
         rs.start_monitoring(op, workers=worker_ids(rc.params))
         events.log("monitoring", fence=rs.fencing_token)
