@@ -140,6 +140,17 @@ def check_launcher(run: Run, request: pytest.FixtureRequest) -> None:
     assert len(pids) == 2 and pids[0] != pids[1], pids
 
 
+def check_read_committed(run: Run, request: pytest.FixtureRequest) -> None:
+    # Its folder is kept (an argument): the consumer's fold must be the final channel's,
+    # recomputed here from the file itself, of every record.
+    module = load_example("read_committed.py")
+    channel = request.getfixturevalue("tmp_path") / "run" / "channel.txt"
+    final = module.records(channel)
+    assert len(final) == module.TOTAL
+    consumer = re.findall(r"^read-committed consumer: (\d+) records, fold (\w+)$", run.stdout, re.M)
+    assert consumer == [(str(module.TOTAL), module.fold(final)[:16])], consumer
+
+
 ID = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 CASES: dict[str, Case] = {
     "quickstart.py": Case(
@@ -164,6 +175,17 @@ CASES: dict[str, Case] = {
             r"OK: encryption, refusal of a wrong passphrase and rotation all work",
         ),
         check=check_encrypted,
+    ),
+    "read_committed.py": Case(
+        args=("run",),
+        lines=(
+            r"killed the producer with SIGKILL at record \d+ \(committed \d+\)",
+            rf"\s*\[producer pid \d+\] resumed from {ID}/producer/\d+ at record [1-9]\d*",
+            r"the coordinator relaunched the producer [1-9]\d* time\(s\)",
+            r"an eager reader read \d+ records that the crash then replaced",
+            r"OK: the consumer never read a record the crash replaced",
+        ),
+        check=check_read_committed,
     ),
     "custom_launcher.py": Case(
         lines=(
