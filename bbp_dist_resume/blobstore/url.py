@@ -122,10 +122,16 @@ def _convert(name: str, raw: str) -> Any:
             raise ValueError(f"must be between {lo} and {hi}")
         return value
     if name == "endpoint_url":
-        ep = urlsplit(raw)
-        if ep.scheme not in ("http", "https") or not ep.hostname:
-            raise ValueError("must be an http:// or https:// URL")
-        return raw
+        return _endpoint(raw)
     if not raw:
         raise ValueError("must not be empty")
+    return raw
+
+
+def _endpoint(raw: str) -> str:
+    ep = urlsplit(raw)
+    if ep.scheme not in ("http", "https") or not ep.hostname:
+        raise ValueError("must be an http:// or https:// URL")
+    if ep.username or ep.password:  # botocore would log them with every request
+        raise ValueError("put credentials in the boto3 chain, not the URL")
     return raw

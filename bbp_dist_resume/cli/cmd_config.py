@@ -12,6 +12,7 @@ from bbp_dist_resume.cli import output as out
 from bbp_dist_resume.cli.app import App, CheckFailed, pass_app
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.errors import BBPError, ConfigError
+from bbp_dist_resume.logs import redact
 
 
 @click.group("config")
@@ -35,9 +36,10 @@ def show(app: App, as_json: bool) -> None:
 
 
 def _shown(config: CheckpointConfig) -> dict[str, Any]:
-    # model_dump(mode="json") masks SecretStr values as "**********".
+    # model_dump(mode="json") masks SecretStr values as "**********"; redact masks the
+    # user:password part of a URL (store_url, coord_url).
     data = config.model_dump(mode="json", exclude={"best_fn", "chooser"})
-    return {k: v for k, v in data.items()}
+    return {k: redact(v) if isinstance(v, str) else v for k, v in data.items()}
 
 
 @config_group.command("validate")
