@@ -192,7 +192,7 @@ def check_store_url(url: str) -> None:
 
 def check_coord_url(url: str) -> None:
     # Parsing only: Redis clients are built (never connected) and SQLite files never made.
-    def redis_client(u: str, timeout_s: float) -> Any:
+    def redis_client(u: str, timeout_s: float, **_: Any) -> Any:
         if u.startswith("redis+cluster://"):
             return None  # a Cluster client connects while it is built
         client = connect_client(u, timeout_s=timeout_s)
