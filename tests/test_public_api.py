@@ -74,6 +74,7 @@ EXPECTED = {
     "PlanEntry",
     "RecoveryPlan",
     "ResumeSystemManager",
+    "RecoveryTimeout",
     "RollbackRequested",
 }
 
