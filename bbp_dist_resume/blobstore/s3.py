@@ -3,9 +3,10 @@
 Create-only writes use ``If-None-Match: *``: the server refuses (412) a PUT to a key that
 exists. Every write carries a checksum the server verifies: a CRC32 header when the
 client's request checksums are on, else ``Content-MD5`` (for servers that refuse the
-newer checksum headers). Throttling and 5xx are retried by botocore (standard or adaptive
-mode); what is left is translated into the library's ``StoreError`` tree here, and only
-here.
+newer checksum headers). Throttling, 5xx and connection errors are retried by botocore
+(standard or adaptive mode), except while a GET's body is read: botocore returns once the
+head is in, so a body cut or stalled midway repeats the whole GET here (``_get``). What is
+left is translated into the library's ``StoreError`` tree here, and only here.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from bbp_dist_resume.errors import (
 )
 
 if TYPE_CHECKING:
+    from botocore.response import StreamingBody
     from mypy_boto3_s3 import S3Client
     from mypy_boto3_s3.type_defs import ObjectIdentifierTypeDef
 
@@ -172,7 +174,7 @@ class S3BlobStore:
                 fewer = replace(self._s, max_attempts=self._s.max_attempts - 1, fast_get=False)
                 self._retry_client = _make_client(fewer)[0]
         time.sleep(_BACKOFF.delay_amount(RetryContext(attempt_number=1)))
-        return self._get(key, None, self._retry_client)
+        return self._get(key, None, self._retry_client, self._s.max_attempts - 1)
 
     def get_range(self, key: str, start: int, length: int) -> bytes:
         if start < 0 or length < 0:
@@ -186,18 +188,43 @@ class S3BlobStore:
         if self.head(key) is None:
             raise ObjectNotFound("no such object", key=key)
 
-    def _get(self, key: str, byte_range: str | None, client: S3Client | None = None) -> bytes:
-        client = client or self._client
+    def _get(
+        self,
+        key: str,
+        byte_range: str | None,
+        client: S3Client | None = None,
+        attempts: int | None = None,
+    ) -> bytes:
+        """GET through botocore, whose retries end once the answer's head is in: a body
+        cut or stalled midway (a reset, a read timeout) repeats the GET, with the same
+        backoff, ``attempts`` times in all (default ``max_attempts``)."""
+        attempts = attempts or self._s.max_attempts
+        attempt = 1
+        while True:
+            body = self._open(client or self._client, key, byte_range)
+            if body is None:
+                return b""
+            try:
+                return body.read()
+            except bexc.BotoCoreError as exc:
+                body.close()
+                if attempt >= attempts:
+                    raise _translate(exc, key) from exc
+            time.sleep(_BACKOFF.delay_amount(RetryContext(attempt_number=attempt)))
+            attempt += 1
+
+    def _open(self, client: S3Client, key: str, byte_range: str | None) -> StreamingBody | None:
+        """The answer's body, unread; None for a range past the end of an existing object."""
         try:
             if byte_range:
                 resp = client.get_object(Bucket=self._s.bucket, Key=self._k(key), Range=byte_range)
             else:
                 resp = client.get_object(Bucket=self._s.bucket, Key=self._k(key))
-            return resp["Body"].read()
+            return resp["Body"]
         except bexc.ClientError as exc:
             if _code(exc) == "InvalidRange":
-                self._require(key)  # a range past the end of an existing object
-                return b""
+                self._require(key)
+                return None
             raise _translate(exc, key) from exc
         except bexc.BotoCoreError as exc:
             raise _translate(exc, key) from exc
