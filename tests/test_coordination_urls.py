@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from assertions import raises_exactly
 
 from bbp_dist_resume.coordination import open_coordination
 from bbp_dist_resume.coordination.url import sqlite_path
-from bbp_dist_resume.errors import ConfigError, CoordinationUnavailable
+from bbp_dist_resume.errors import ConfigError, CoordinationError, CoordinationUnavailable
 
 
 @pytest.mark.parametrize(
@@ -58,3 +60,24 @@ def test_a_redis_url_with_password_and_db_reaches_the_server(redis_url: str) -> 
         assert coord.get_operation("op").workers == ("w0",)
     finally:
         coord.close()
+
+
+def test_wrong_credentials_are_a_refusal_not_an_outage(
+    redis_url: str, redis_client: redis.Redis
+) -> None:
+    # An ACL user on the test server: a wrong password is refused at once (not retried,
+    # not CoordinationUnavailable, which callers treat as transient), the password unsaid.
+    user = f"u{uuid.uuid4().hex[:8]}"
+    redis_client.acl_setuser(
+        user, enabled=True, passwords=["+right-pw"], commands=["+@all"], keys=["*"], channels=["*"]
+    )
+    host = redis_url.split("://", 1)[1]
+    try:
+        err = raises_exactly(
+            CoordinationError, lambda: open_coordination(f"redis://{user}:wrong-pw@{host}")
+        )
+        assert "credentials" in str(err) and "wrong-pw" not in str(err)
+        coord = open_coordination(f"redis://{user}:right-pw@{host}")
+        coord.close()
+    finally:
+        redis_client.acl_deluser(user)

@@ -73,6 +73,8 @@ class RedisCalls:
     def call(self, fn: Callable[[], T]) -> T:
         try:
             return fn()
+        except rexc.AuthenticationError as exc:  # a ConnectionError, but never transient
+            raise CoordinationError(f"Redis refused the credentials: {exc}") from exc
         except _TRANSIENT as exc:
             raise CoordinationUnavailable(f"Redis did not answer: {exc}") from exc
         except _REFUSED as exc:
@@ -83,6 +85,8 @@ class RedisCalls:
         for attempt in range(_RETRIES):
             try:
                 return fn()
+            except rexc.AuthenticationError:
+                break  # call() says so once, without retrying
             except _TRANSIENT:
                 if attempt == _RETRIES - 1:
                     break
