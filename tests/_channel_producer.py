@@ -18,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bbp_dist_resume import CheckpointConfig, ResumeSystem
+from bbp_dist_resume import CheckpointConfig, ResumeContext, ResumeSystem
 
 RECORD = 17  # bytes per record: 16 hex digits and a newline
 STEP_S = 0.02  # between records, so that a kill lands between commits
@@ -36,8 +36,10 @@ def append(path: Path, record: bytes) -> None:
         os.fsync(out.fileno())
 
 
-def cut_back(path: Path, records: int) -> None:
-    """Drop every record from ``records`` on (they were never committed)."""
+def cut_back(path: Path, ctx: ResumeContext | None) -> None:
+    """``on_restored``: drop every record past what the restored checkpoint produced
+    (they were never committed)."""
+    records = int(ctx.state["n"]) if ctx is not None else 0
     path.touch()
     size = path.stat().st_size
     if size < records * RECORD:
@@ -61,9 +63,9 @@ def main(argv: list[str]) -> int:
     rs = ResumeSystem(CheckpointConfig.model_validate_json(config_json), "prod")
     try:
         rs.start_monitoring(op, workers=["prod", "cons"])
-        ctx = rs.resume_automatically(op)
+        # Cut the channel back before the plan's other workers are told it restored.
+        ctx = rs.resume_automatically(op, on_restored=lambda c: cut_back(Path(channel), c))
         n = int(ctx.state["n"]) if ctx is not None else 0
-        cut_back(Path(channel), n)
         say(f"START {n}")
         produce(rs, Path(channel), n, int(total), int(every))
         rs.complete()
