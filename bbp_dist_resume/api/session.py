@@ -35,7 +35,7 @@ from bbp_dist_resume.logs import get_logger
 from bbp_dist_resume.repository import CheckpointMeta, Manifest, Repository, RepositoryStats
 
 log = get_logger(__name__)
-_INDEX_ATTEMPTS = 5
+_INDEX_BACKOFF_MAX_S = 0.5
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -352,8 +352,13 @@ class WorkerSession:
             raise LeaseLostError(lease.operation_id, lease.worker_id, "slot taken over")
 
     def _index(self, lease: Lease, manifest: Manifest) -> None:
+        """Index a commit, retrying an unreachable backend for as long as the lease lives
+        (the heartbeat renews it once the backend is back), so an outage shorter than the
+        lease costs no index entry. Past that the slot may be another's: its takeover
+        indexes the commit from the store."""
         summary = CheckpointSummary.of(manifest)
-        for attempt in range(_INDEX_ATTEMPTS):
+        delay = 0.05
+        while True:
             try:
                 self._coord.record(lease, summary)
                 return
@@ -363,7 +368,10 @@ class WorkerSession:
                 self._lose()
                 raise LeaseLostError(lease.operation_id, lease.worker_id, "fenced") from None
             except CoordinationUnavailable:
-                time.sleep(0.05 * 2**attempt)
+                if self.lost or time.monotonic() + delay >= self.lease.local_deadline:
+                    break
+                time.sleep(delay)
+                delay = min(2 * delay, _INDEX_BACKOFF_MAX_S)
         log.warning(
             "checkpoint %s committed but not indexed: repaired at the next takeover",
             manifest.checkpoint_id,
