@@ -152,15 +152,40 @@ def test_a_retried_commit_of_the_same_manifest_is_settled_by_its_write_id(opener
     assert repo.commit(m) == m  # as if the first request landed and the retry was refused
 
 
-def test_concurrent_takeovers_never_share_a_seq(opener: Opener) -> None:
+def test_concurrent_takeovers_never_share_a_seq_and_their_fences_grow_along_seq(
+    opener: Opener,
+) -> None:
+    """Eight owners race (fences 1-8, as a counter hands them out, and one fence handed
+    out twice, as a Redis failover can): each lands on its own seq or is refused because
+    a record with its fence or a newer one is already there."""
     repo = opener()
-    with ThreadPoolExecutor(8) as pool:
-        records = list(
-            pool.map(
-                lambda i: repo.takeover("op", "w0", owner_token=new_token(), fence=i), range(8)
-            )
-        )
-    assert sorted(r.seq for r in records) == list(range(1, 9))
+    barrier = threading.Barrier(9)
+
+    def take(fence: int) -> TakeoverRecord | None:
+        barrier.wait()
+        try:
+            return repo.takeover("op", "w0", owner_token=new_token(), fence=fence)
+        except CommitConflict:
+            return None
+
+    with ThreadPoolExecutor(9) as pool:
+        results = list(pool.map(take, [*range(1, 9), 8]))
+    landed = sorted((r for r in results if r is not None), key=lambda r: r.seq)
+    assert [r.seq for r in landed] == list(range(1, len(landed) + 1))
+    fences = [r.fence for r in landed]
+    assert fences == sorted(set(fences)), f"fences do not strictly grow along seq: {fences}"
+    assert [r.seq for r in repo.records("op", "w0")] == [r.seq for r in landed]
+
+
+def test_a_takeover_whose_fence_is_not_above_the_last_records_is_refused(opener: Opener) -> None:
+    repo = opener()
+    repo.commit(repo.write({"s": b"1"}, meta(1, fence=3)))
+    for fence in (1, 3):
+        with pytest.raises(CommitConflict) as err:
+            repo.takeover("op", "w0", owner_token="b" * 32, fence=fence)
+        assert (err.value.worker_id, err.value.seq) == ("w0", 2)
+    assert [r.seq for r in repo.records("op", "w0")] == [1]
+    assert repo.takeover("op", "w0", owner_token="b" * 32, fence=4).seq == 2
 
 
 def test_verify_quick_and_deep_find_missing_chunks(opener: Opener) -> None:

@@ -273,15 +273,25 @@ class Repository:
         """Claim the seq after the worker's last record for a new owner.
 
         From then on no earlier owner can commit: its next seq is taken. A lost race
-        (another owner claimed the same seq) lists again and claims the next.
+        (another owner claimed the same seq) lists again and claims the next. Refused
+        (``CommitConflict``) when the last record's fence is not below ``fence``: a Redis
+        failover can hand one fence out twice, and only the first owner may take over.
         """
         record_prefix(operation_id, worker_id)  # ids first: InvalidIdentifier
         for _ in range(_TAKEOVER_ATTEMPTS):
             seq = self.latest_seq(operation_id, worker_id) + 1
             record = takeover_record(operation_id, worker_id, seq, owner_token, fence)
+            if seq > 1 and self._fence_at(operation_id, worker_id, seq - 1) >= record.fence:
+                raise CommitConflict(operation_id, worker_id, seq)
             if self._create_record(record):
                 return record
         raise CommitConflict(operation_id, worker_id, seq)
+
+    def _fence_at(self, operation_id: str, worker_id: str, seq: int) -> int:
+        try:
+            return self.load_record(operation_id, worker_id, seq).fence
+        except (ObjectNotFound, IntegrityError):
+            return 0  # unreadable: no fence to compare (verification names the record)
 
     def _create_record(self, record: CheckpointRecord | TakeoverRecord) -> bool:
         if self._store.put_if_absent(record.store_key, self._codec.record_blob(record)):
