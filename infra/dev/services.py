@@ -731,6 +731,71 @@ def restart_redis(services: Services, *, die_with_parent: bool = False) -> Servi
     return restarted
 
 
+# --- a primary and its replica (failover tests) ----------------------------
+
+
+@dataclass(frozen=True)
+class RedisNode:
+    """One redis-server of a primary/replica pair (no persistence), data and log in root."""
+
+    root: str
+    name: str
+    port: int
+    pid: int
+    log: str
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+def start_redis_node(
+    root: Path, name: str, *, replica_of: int | None = None, die_with_parent: bool = False
+) -> RedisNode:
+    """Start a redis-server named ``name`` on a free port (a replica of the server on
+    port ``replica_of``, synced before this returns). Stop it with ``kill_redis_node``;
+    a server that fails to come up is stopped again."""
+    root = Path(root).resolve()
+    (root / name).mkdir(parents=True)
+    log = root / f"{name}.log"
+    port = _pick_ports(1)[0]
+    argv = _redis_argv(port, root / name)
+    if replica_of is not None:
+        argv += ["--replicaof", "127.0.0.1", str(replica_of)]
+    proc = _spawn(argv, log, dict(os.environ), die_with_parent, [])
+    node = RedisNode(root=str(root), name=name, port=port, pid=proc.pid, log=str(log))
+    try:
+        _await_redis(proc, f"redis-server {name}", port, log)
+        if replica_of is not None:
+            _await_replica_link(proc, node)
+    except BaseException:
+        kill_redis_node(node)
+        raise
+    return node
+
+
+def _await_replica_link(proc: subprocess.Popen[bytes], node: RedisNode) -> None:
+    deadline = time.monotonic() + REDIS_READY_S
+    while b"master_link_status:up" not in _redis_inline(node.port, b"INFO replication"):
+        if proc.poll() is not None:
+            raise _fail(node.name, f"exited with code {proc.returncode}", [Path(node.log)])
+        if time.monotonic() > deadline:
+            raise _fail(node.name, "replication link not up", [Path(node.log)])
+        time.sleep(0.05)
+
+
+def kill_redis_node(node: RedisNode) -> None:
+    """SIGKILL the node (if it is still ours) and wait until it is gone: kill -9."""
+    child = _children.pop(node.pid, None)
+    if child is not None:
+        child.kill()
+        child.wait(10.0)
+    elif _is_ours(node.pid, node.root):
+        os.kill(node.pid, signal.SIGKILL)
+        if not _wait_gone(node.pid, node.root, None, 10.0):
+            raise ServiceError(f"redis-server {node.pid} survived SIGKILL")
+
+
 def env_lines(services: Services) -> list[str]:
     """Shell lines exporting every field as BBP_TEST_<FIELD>."""
     lines = [f"export BBP_TEST_SERVICES_DIR={shlex.quote(services.dir)}"]
