@@ -49,6 +49,7 @@ bench: venv
 	$(BIN)/python benchmarks/bench_coordinator.py
 	$(BIN)/python benchmarks/bench_gc.py
 	$(BIN)/python benchmarks/bench_metrics.py
+	$(BIN)/python benchmarks/bench_redis_wait.py
 
 services-up: venv
 	$(BIN)/python infra/dev/services.py start --dir .services
