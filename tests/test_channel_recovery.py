@@ -17,8 +17,7 @@ The test checks that:
   restored checkpoint were replaced by different ones), and the consumer really rolled
   back (``RollbackRequested``) without ever being relaunched itself.
 
-Random choices come from ``random.Random(seed)``; a failure prints the seed, and
-``BBP_CHANNEL_SEED=<seed>`` reruns with it.
+Random choices come from ``random.Random(seed)``: a failure prints it (BBP_CHANNEL_SEED).
 """
 
 from __future__ import annotations
@@ -92,15 +91,8 @@ class ChannelRun:
         self.run_dir = tmp_path / "run"
         self.run_dir.mkdir()
         rc = plumbing.RunConfig(checkpoint=config, params=recon.Params(), run_dir=str(self.run_dir))
-        settings = {
-            "run": rc.to_json(),
-            "total": TOTAL,
-            "batch": BATCH,
-            "every": EVERY,
-            "step_s": STEP_S,
-            "consume_every": CONSUME_EVERY,
-            "poll_s": POLL_S,
-        }
+        settings = dict(run=rc.to_json(), total=TOTAL, batch=BATCH, every=EVERY, step_s=STEP_S)
+        settings |= dict(consume_every=CONSUME_EVERY, poll_s=POLL_S)
         (self.run_dir / "settings.json").write_text(json.dumps(settings))
         self.channel = self.run_dir / "channel.txt"
         self.children: dict[str, subprocess.Popen[bytes]] = {}
@@ -171,9 +163,8 @@ class ChannelRun:
         self.kills.append(Kill(proc.pid, t, self.channel.read_bytes()))
 
     def kill_everything(self) -> None:
-        """SIGKILL every process of the run and wait until each is gone: the coordinator's
-        session first (the producers it relaunched are in it), then the other children's,
-        then every pid the event logs name that is still one of this run's."""
+        """SIGKILL every process of the run, the coordinator's session (with the producers
+        it relaunched) first, and wait until each (every pid the event logs name) is gone."""
         order = sorted(self.children, key=lambda key: key != "coordinator")
         for child in (self.children[key] for key in order):
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -277,9 +268,8 @@ def kill_producer(run: ChannelRun, k: int, rng: random.Random) -> None:
     run.wait_for(f"producer[{proc.pid}] {anchor}", reached, STEP_WAIT_S)
     time.sleep(rng.uniform(0.0, 1.2) if k == 1 else rng.uniform(0.05, 0.6))
     if k != 1:
-        # Commits come every EVERY batches, so between two of them the channel's length
-        # is not a multiple of a commit's records (after a commit, the next is a batch
-        # append and a pause away: the kill lands before it).
+        # Commits come every EVERY batches: while the channel's length is not a multiple
+        # of a commit's records, the next commit is a batch and a pause away at least.
         run.wait_for(
             f"producer[{proc.pid}] between two commits",
             lambda: (run.channel.stat().st_size // RECORD) % (EVERY * BATCH) != 0,
@@ -300,9 +290,10 @@ def restored_after(run: ChannelRun, t: float) -> int:
     return int(min(events, key=lambda e: e["t"])["n"])
 
 
-def assert_producer_relaunched(run: ChannelRun) -> None:
+def assert_producer_relaunched(run: ChannelRun, stored: set[int]) -> None:
     """KILLS + 1 incarnations: each killed one was relaunched by the coordinator, the
-    last one finished, and each restored the checkpoint the one before committed last."""
+    last one finished, and each restored the checkpoint the one before committed last
+    (``stored``: the ``produced`` offsets of the producer's checkpoints in the store)."""
     incarnations = [p for p in run.of(PRODUCER) if p.has("monitoring")]
     assert len(incarnations) == KILLS + 1, f"{len(incarnations)} producer incarnations"
     assert [p.pid for p in incarnations[:-1]] == [k.pid for k in run.kills]
@@ -311,7 +302,6 @@ def assert_producer_relaunched(run: ChannelRun) -> None:
     for p in incarnations[1:]:
         assert p.all("start")[0]["ppid"] == coordinator, f"producer[{p.pid}] not relaunched"
     logged = sorted((e["t"], e["n"]) for p in incarnations for e in p.all("committed"))
-    stored = {0} | set(producer_commits(run.config))
     for kill in run.kills:
         # A kill may land between a commit and its event: then one checkpoint later.
         last = max((n for t, n in logged if t < kill.t), default=0)
@@ -352,23 +342,15 @@ def assert_consumer_rolled_back(run: ChannelRun) -> None:
     assert dropped, f"no rollback dropped replaced records: {rollbacks}"
 
 
-def producer_commits(config: CheckpointConfig) -> list[int]:
-    """The ``produced`` offset of every producer checkpoint in the store."""
+def from_store(config: CheckpointConfig) -> tuple[set[int], dict[str, Any]]:
+    """The ``produced`` offsets of the producer's checkpoints (and 0, a clean start), and
+    the state of the consumer's last checkpoint, read from the store."""
     reader = ResumeSystem(config, "reader")
     try:
         points = reader.get_available_resume_points(OP)
-        return [p.produced["ch"] for p in points if p.worker_id == PRODUCER]
-    finally:
-        reader.shutdown()
-
-
-def consumer_final_state(config: CheckpointConfig) -> dict[str, Any]:
-    """The state of the consumer's last checkpoint, read from the store."""
-    reader = ResumeSystem(config, "reader")
-    try:
-        ids = [c for c in reader.list_checkpoints(OP) if c.split("/")[1] == CONSUMER]
-        last = max(ids, key=lambda c: int(c.rsplit("/", 1)[1]))
-        return dict(reader.open_checkpoint(last).state)
+        produced = {0} | {p.produced["ch"] for p in points if p.worker_id == PRODUCER}
+        last = max((p for p in points if p.worker_id == CONSUMER), key=lambda p: p.seq)
+        return produced, dict(reader.open_checkpoint(last.checkpoint_id).state)
     finally:
         reader.shutdown()
 
@@ -408,8 +390,9 @@ def test_consumer_of_a_killed_random_producer_ends_with_the_fold_of_its_final_ch
         done = run.of(CONSUMER)[0].all("done")
         assert done and done[0]["c"] == TOTAL, "the consumer did not read every record"
         assert done[0]["agg"] == expected, "the consumer's aggregate is not the channel's"
-        assert consumer_final_state(config) == {"c": TOTAL, "agg": expected}
+        produced, consumer_state = from_store(config)
+        assert consumer_state == {"c": TOTAL, "agg": expected}
 
-        assert_producer_relaunched(run)
+        assert_producer_relaunched(run, produced)
         assert assert_committed_records_kept(run, final) > 0, "no kill replaced a record"
         assert_consumer_rolled_back(run)
