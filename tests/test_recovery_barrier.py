@@ -233,3 +233,28 @@ def test_on_restored_runs_after_the_restore_and_before_the_acknowledgement(
     assert ctx is not None and ctx.checkpoint_id == f"{scene.op}/w0/2"
     assert seen == [(f"{scene.op}/w0/2", {"ch": 10}, {})]
     assert coord.plan_acks(scene.op) == {"w0": scene.generation}
+
+
+def test_complete_sees_a_plan_its_heartbeat_has_not_seen_yet(
+    make_config: MakeConfig, systems: Systems, coord: Coordination
+) -> None:
+    # Slow heartbeats: the plan below is published between two of them. Completing is
+    # for good, so complete() reads the plan itself and refuses to finish past it.
+    slow = {"lease_ttl": 60, "heartbeat_interval": 25}
+    op = new_op()
+    producer = monitored(systems, make_config(**slow), op, worker_id="w0", workers=PAIR)
+    consumer = monitored(systems, make_config(**slow), op, worker_id="w1", workers=PAIR)
+    producer.create_checkpoint("produce", {"n": 10}, produced={"ch": 10})  # w0/2
+    consumer.create_checkpoint("consume", {"n": 5}, consumed={"ch": 5})  # w1/2
+    entries = {
+        w: {"checkpoint_id": f"{op}/{w}/2", "seq": 2, "reason": "latest", "rollback": False}
+        for w in PAIR
+    }
+    body = {"entries": entries, "channels": {"ch": ["w0", 10]}, "relaunched": ["w0"]}
+    plan = coord.publish_plan(op, body)
+    with pytest.raises(RollbackRequested) as raised:
+        consumer.complete()
+    assert (raised.value.generation, raised.value.checkpoint_id) == (plan.generation, f"{op}/w1/2")
+    assert "w1" not in coord.get_operation(op).done_workers
+    producer.complete()  # its own entry is where it is: nothing to roll back
+    assert coord.get_operation(op).done_workers == {"w0"}

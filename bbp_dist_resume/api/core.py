@@ -180,6 +180,12 @@ class SystemCore:
         """Mark this worker done; True when that completed the whole operation."""
         with self._lock:
             session = self._require_session()
+            if self._rt is not None:
+                self._rt.committer.flush()
+            # Done is for good: a plan published since the last heartbeat that rolls
+            # this worker back must be seen now, not at the next beat.
+            session.watch_plan()
+            session.check()
             info = self._end_session(done=True, target=ResumeState.COMPLETED, session=session)
         return info is not None and info.status.value == "completed"
 

@@ -81,6 +81,7 @@ class WorkerSession:
         self._state_seq = state_seq
         self._generation = operation.generation
         self._rollback: RollbackRequested | None = None
+        self._watch_lock = threading.Lock()
         self._consumed: dict[str, int] = {}  # channel offsets of the state it is at
         self.on_rollback: Callable[[RollbackRequested], None] | None = None
         # Producers whose records come out the same when produced again, and whether
@@ -119,7 +120,7 @@ class WorkerSession:
         session: WorkerSession
 
         def beat() -> None:  # bound late: the session is built around the heartbeat
-            session._watch_plan()
+            session.watch_plan()
 
         heartbeat = Heartbeat(
             coord,
@@ -256,8 +257,13 @@ class WorkerSession:
             return int(offset)
         return max(int(offset), *(s.produced.get(channel, 0) for s in newer[start:]))
 
+    def watch_plan(self) -> None:
+        """Heartbeat hook (and ``complete``): one read of the operation; the plan only
+        when it is new. One caller at a time: each plan is judged once."""
+        with self._watch_lock:
+            self._watch_plan()
+
     def _watch_plan(self) -> None:
-        """Heartbeat hook: one read of the operation; the plan only when it is new."""
         op, worker = self.operation.operation_id, self.worker_id
         if self._coord.get_operation(op).generation <= self._generation:
             return
