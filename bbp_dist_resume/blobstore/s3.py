@@ -166,7 +166,7 @@ class S3BlobStore:
 
     def _get_after_failed_try(self, key: str) -> bytes:
         """The lean try was a real attempt: spend only the attempts left, after botocore's
-        own first backoff (jittered, up to a second)."""
+        own first backoff (jittered, up to 50 ms: the base of non-throttling errors)."""
         if self._s.max_attempts <= 1:
             raise StoreUnavailable("S3 GET failed on its only attempt", key=key)
         with self._retry_lock:
