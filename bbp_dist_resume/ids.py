@@ -49,7 +49,9 @@ def parse_checkpoint_id(value: str) -> tuple[str, str, int]:
         InvalidIdentifier: when it is not of the form ``op/worker/seq``.
     """
     parts = value.split("/") if isinstance(value, str) else []
-    if len(parts) != 3 or not parts[2].isdigit() or not parts[2].isascii():
+    # A seq has at most 10 digits: refuse longer ones before int() parses them.
+    seq = parts[2] if len(parts) == 3 else ""
+    if not (seq.isdigit() and seq.isascii() and len(seq) <= 10):
         raise InvalidIdentifier("checkpoint id", value, "must be operation/worker/seq")
     return (
         check_id(parts[0], "operation id"),

@@ -19,7 +19,15 @@ from fuzz_helpers import RAW_KEY, VALID_CONFIG, MemoryStore
 from bbp_dist_resume import CheckpointConfig
 from bbp_dist_resume.blobstore.url import parse_file_url, parse_s3_url
 from bbp_dist_resume.coordination.url import sqlite_path
-from bbp_dist_resume.errors import ConfigError, IntegrityError, ManifestError
+from bbp_dist_resume.errors import (
+    ConfigError,
+    IntegrityError,
+    InvalidCheckpoint,
+    InvalidIdentifier,
+    ManifestError,
+)
+from bbp_dist_resume.ids import parse_checkpoint_id
+from bbp_dist_resume.policy.plan import RecoveryPlan, build_plan
 from bbp_dist_resume.repository.codec import encode
 from bbp_dist_resume.repository.keys import KdfParams, KeyRing
 from bbp_dist_resume.repository.storeconfig import CONFIG_KEY, load_existing
@@ -155,3 +163,26 @@ def test_a_real_zstd_bomb_is_refused_without_allocating_its_size(tmp_path: Path)
     # A chunk is bounded by its recorded size (1 MiB), a record by the 64 MiB record cap.
     assert lines[1].startswith("chunk refused: object expands past the expected 1048576")
     assert lines[2].startswith("record refused: object expands past the expected 67108864")
+
+
+def test_a_checkpoint_id_with_a_seq_of_thousands_of_digits_is_an_invalid_identifier() -> None:
+    # int() of a 5,000-digit string raised ValueError (Python's digit limit).
+    with pytest.raises(InvalidIdentifier):
+        parse_checkpoint_id("op/w0/" + "9" * 5000)
+    with pytest.raises(InvalidIdentifier):
+        parse_checkpoint_id("op/w0/" + "1" * 11)
+    assert parse_checkpoint_id("op/w0/9999999999") == ("op", "w0", 9999999999)
+
+
+@pytest.mark.parametrize("field", ["quarantined", "attempts"])
+def test_a_plan_body_keyed_by_something_else_than_checkpoint_ids_is_invalid(field: str) -> None:
+    # A quarantined id 'op/w0/1_extra' reached int() when the coordinator planned again.
+    body = {
+        "version": 1,
+        "entries": {},
+        field: {"op/w0/1_extra": "" if field == "quarantined" else 1},
+    }
+    with pytest.raises(InvalidCheckpoint):
+        RecoveryPlan.from_body("op", 4, body)
+    with pytest.raises(InvalidIdentifier):
+        build_plan("op", {"w0": []}, quarantined={"op/w0/1_extra": "crashed"})

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bbp_dist_resume.errors import InvalidCheckpoint
+from bbp_dist_resume.ids import parse_checkpoint_id
 from bbp_dist_resume.policy.recovery import (
     History,
     ResumeSelection,
@@ -92,8 +93,8 @@ class RecoveryPlan:
                 mode=_typed(body.get("mode", "last"), str),
                 entries={w: _entry(e) for w, e in _mapping(body["entries"]).items()},
                 channels={c: _pair(p) for c, p in _mapping(body.get("channels", {})).items()},
-                quarantined=_str_map(body.get("quarantined", {}), str),
-                attempts=_str_map(body.get("attempts", {}), int),
+                quarantined=_ids(_str_map(body.get("quarantined", {}), str)),
+                attempts=_ids(_str_map(body.get("attempts", {}), int)),
                 counted=_str_map(body.get("counted", {}), int),
                 relaunched=tuple(_typed(w, str) for w in _typed(body.get("relaunched", []), list)),
                 generation=generation,
@@ -117,6 +118,13 @@ def _mapping(value: Any) -> Mapping[str, Any]:
 
 def _str_map(value: Any, kind: type[Any]) -> dict[str, Any]:
     return {k: _typed(v, kind) for k, v in _mapping(value).items()}
+
+
+def _ids(value: dict[str, Any]) -> dict[str, Any]:
+    """``value`` when every key is a checkpoint id (InvalidIdentifier, a ValueError)."""
+    for key in value:
+        parse_checkpoint_id(key)
+    return value
 
 
 def _entry(value: Any) -> PlanEntry:
@@ -185,5 +193,4 @@ def build_plan(
 
 
 def _split(checkpoint_id: str) -> tuple[str, str, int]:
-    op, worker, seq = checkpoint_id.split("/")
-    return op, worker, int(seq)
+    return parse_checkpoint_id(checkpoint_id)
