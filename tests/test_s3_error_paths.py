@@ -12,6 +12,7 @@ outlived botocore's retries. Three tools, narrowest first:
 
 from __future__ import annotations
 
+import io
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -21,7 +22,9 @@ from typing import TYPE_CHECKING, Any
 import boto3
 import botocore.retries.standard
 import pytest
+import urllib3
 from assertions import raises_exactly
+from botocore.response import StreamingBody
 from botocore.stub import Stubber
 from moto import mock_aws
 
@@ -547,3 +550,42 @@ def test_moto_missing_bucket_raises_bucket_not_found(moto_store: S3BlobStore, ca
     err = raises_exactly(BucketNotFound, lambda: MOTO_CALLS[call](moto_store))
     assert isinstance(err, BBPError)
     assert err.retryable is False
+
+
+# -- errors botocore lets through ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        urllib3.exceptions.ProtocolError("Connection broken", ConnectionResetError(104, "reset")),
+        ConnectionResetError(104, "Connection reset by peer"),
+    ],
+    ids=["urllib3 ProtocolError", "ConnectionResetError"],
+)
+def test_a_get_broken_by_an_error_botocore_lets_through_is_retried_then_a_store_error(
+    monkeypatch: pytest.MonkeyPatch, broken: Exception
+) -> None:
+    # Seen under random resets (make soak): a reset while botocore parsed the answer's
+    # head reached the caller as a raw urllib3 error, and was never retried.
+    client: S3Client = boto3.client("s3", region_name="us-east-1")
+    store = S3BlobStore(
+        S3Settings(bucket=BUCKET, prefix=PREFIX, max_attempts=ATTEMPTS), client=client
+    )
+    answers: list[Exception | bytes] = [broken, broken, b"data"]
+    calls: list[str] = []
+
+    def get_object(**kwargs: Any) -> dict[str, Any]:
+        calls.append(kwargs["Key"])
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return {"Body": StreamingBody(io.BytesIO(answer), len(answer))}
+
+    monkeypatch.setattr(client, "get_object", get_object)
+    assert store.get("a/b") == b"data"
+    assert calls == [f"{PREFIX}/a/b"] * 3
+    answers[:] = [broken] * ATTEMPTS
+    err = raises_exactly(StoreUnavailable, lambda: store.get("a/b"))
+    assert err.retryable and answers == []
+    client.close()

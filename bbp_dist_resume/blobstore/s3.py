@@ -201,17 +201,22 @@ class S3BlobStore:
         attempts = attempts or self._s.max_attempts
         attempt = 1
         while True:
-            body = self._open(client or self._client, key, byte_range)
-            if body is None:
-                return b""
             try:
-                return body.read()
-            except bexc.BotoCoreError as exc:
-                body.close()
+                return self._read_once(client or self._client, key, byte_range)
+            except _BROKEN as exc:
                 if attempt >= attempts:
                     raise _translate(exc, key) from exc
             time.sleep(_BACKOFF.delay_amount(RetryContext(attempt_number=attempt)))
             attempt += 1
+
+    def _read_once(self, client: S3Client, key: str, byte_range: str | None) -> bytes:
+        body = self._open(client, key, byte_range)
+        if body is None:
+            return b""
+        try:
+            return body.read()
+        finally:
+            body.close()
 
     def _open(self, client: S3Client, key: str, byte_range: str | None) -> StreamingBody | None:
         """The answer's body, unread; None for a range past the end of an existing object."""
@@ -228,6 +233,7 @@ class S3BlobStore:
             raise _translate(exc, key) from exc
         except bexc.BotoCoreError as exc:
             raise _translate(exc, key) from exc
+        # _BROKEN's others (urllib3 or socket errors botocore let through) reach _get.
 
     def head(self, key: str) -> ObjectInfo | None:
         try:
@@ -343,6 +349,11 @@ def _delete_error(errors: list[Any], prefix_len: int) -> StoreError:
 
 def _code(exc: bexc.ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+# A connection broken while a GET is answered: botocore's own errors, and the urllib3 or
+# socket errors it sometimes lets through (a reset while it parses the answer's head).
+_BROKEN = (bexc.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
 
 
 def _translate(exc: Exception, key: str | None) -> StoreError:
