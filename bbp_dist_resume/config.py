@@ -226,6 +226,7 @@ class CheckpointConfig(BaseModel):
         "mtbf",
         "scan_interval",
         "gc_safety_margin",
+        "recovery_timeout",
         mode="before",
     )
     @classmethod

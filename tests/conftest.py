@@ -9,6 +9,7 @@ cannot start makes the tests that need it ERROR: they are never skipped.
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import sys
 import uuid
@@ -214,3 +215,14 @@ def make_config(backend_urls: tuple[str, str]) -> Callable[..., Any]:
         return CheckpointConfig(**(base | overrides))
 
     return make
+
+
+@pytest.fixture(autouse=True)
+def _package_logger_level_restored() -> Iterator[None]:
+    """A system with ``detailed_logging`` sets the package logger to DEBUG; put it back
+    after every test, so no later test of the same process sees records it did not ask
+    for (the CLI prints what reaches the root handler)."""
+    logger = logging.getLogger("bbp_dist_resume")
+    level = logger.level
+    yield
+    logger.setLevel(level)

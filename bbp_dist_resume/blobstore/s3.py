@@ -203,6 +203,8 @@ class S3BlobStore:
         while True:
             try:
                 return self._read_once(client or self._client, key, byte_range)
+            except StoreError:
+                raise  # already judged (StoreAccessDenied is an OSError too)
             except _BROKEN as exc:
                 if attempt >= attempts:
                     raise _translate(exc, key) from exc
