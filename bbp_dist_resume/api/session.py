@@ -17,9 +17,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bbp_dist_resume.api.barrier import rolled_back
 from bbp_dist_resume.api.catalog import store_history
 from bbp_dist_resume.api.faults import fault
 from bbp_dist_resume.api.metrics import recorder
+from bbp_dist_resume.api.watermark import restarted_offset
 from bbp_dist_resume.coordination import Coordination
 from bbp_dist_resume.coordination.heartbeat import Heartbeat
 from bbp_dist_resume.coordination.models import CheckpointSummary, Lease, OperationInfo
@@ -234,28 +236,22 @@ class WorkerSession:
     def _restarted_channels(self, body: Mapping[str, Any]) -> list[tuple[str, str, int, int]]:
         """(channel, producer, the plan's offset, the producer's entry seq) for every
         channel whose producer the plan relaunches or rolls back."""
-        entries, relaunched = body.get("entries", {}), set(body.get("relaunched", []))
+        entries, restarted = body.get("entries", {}), rolled_back(body)
         out = []
         for channel, pair in body.get("channels", {}).items():
             if not (isinstance(pair, list) and len(pair) == 2):
                 continue
             producer, offset = pair
-            if producer == self.worker_id:
-                continue
-            if producer in relaunched or entries.get(producer, {}).get("rollback"):
+            if producer != self.worker_id and producer in restarted:
                 since = entries.get(producer, {}).get("seq") or 0
                 out.append((channel, producer, int(offset), int(since)))
         return out
 
     def _recommitted(self, producer: str, channel: str, since: int, offset: int) -> int:
-        """How far the producer's new incarnation (its commits from the one that resumed
-        from ``since`` on) has committed ``channel``; ``offset`` when it has not yet."""
+        """How far the producer's new incarnation (the one that resumed from ``since``)
+        has committed ``channel``; ``offset`` when it has not yet."""
         history = self._coord.index(self.operation.operation_id, producer)
-        newer = [s for s in history if s.kind == "checkpoint" and s.seq > since]
-        start = next((i for i, s in enumerate(newer) if s.base == since), None)
-        if start is None:
-            return int(offset)
-        return max(int(offset), *(s.produced.get(channel, 0) for s in newer[start:]))
+        return max(int(offset), restarted_offset(history, channel, since))
 
     def watch_plan(self) -> None:
         """Heartbeat hook (and ``complete``): one read of the operation; the plan only

@@ -102,6 +102,13 @@ def restored_marker(history: Iterable[Point], since: int) -> int | None:
     return next((p.seq for p in _checkpoints(history) if p.seq > since and p.base == since), None)
 
 
+def restarted_offset(history: Iterable[Point], channel: str, since: int) -> int:
+    """How far the incarnation that restored seq ``since`` has committed ``channel``
+    (0 while it has not committed): the rule both ``committed_offset`` and a consumer's
+    rollback check (``WorkerSession``) apply to a restarted producer."""
+    return _since(_checkpoints(history), channel, since, restarted=True)
+
+
 def _since(points: Sequence[Point], channel: str, since: int, *, restarted: bool) -> int:
     """The offset at the latest checkpoint after seq ``since`` that a crash would not take
     back; 0 when there is none."""
