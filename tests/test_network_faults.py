@@ -57,6 +57,7 @@ from bbp_dist_resume import (
     open_repository,
 )
 from bbp_dist_resume.blobstore import open_store
+from bbp_dist_resume.coordination import open_coordination
 from bbp_dist_resume.repository import TakeoverRecord
 
 # isort: split
@@ -636,7 +637,13 @@ def replace_workers(
     manager = ResumeSystemManager("coordinator")
     closing.append(manager)
     manager.initialize(cfg)
-    poll(lambda: op in manager.detect_crashed_operations())
+    # Every slot, not just the first: Redis counts a lease's TTL from the last renewal it
+    # received, a little after the worker's own deadline, so the two expire apart.
+    coord = open_coordination(cfg.coord_url)
+    try:
+        poll(lambda: {w for o, w in coord.crashed_workers() if o == op} == set(workers))
+    finally:
+        coord.close()
     assert manager.attempt_automatic_recovery(op)
     slots: list[ClaimedSlot] = []
     for _ in workers:
