@@ -64,6 +64,7 @@ def plans(draw: st.DrawFn) -> RecoveryPlan:
         channels=draw(st.dictionaries(ids, st.tuples(ids, st.integers(0, 2**53)), max_size=4)),
         quarantined=draw(st.dictionaries(cids, st.text(max_size=30), max_size=3)),
         attempts=draw(st.dictionaries(cids, st.integers(0, 1000), max_size=3)),
+        restarts=draw(st.dictionaries(ids, st.integers(0, 10**9), max_size=3)),
         generation=draw(st.integers(0, 2**31)),
     )
 
@@ -95,7 +96,7 @@ def entry_with(**changes: Any) -> dict[str, Any]:
     return body_with(entries={"w0": GOOD_ENTRY | changes})
 
 
-MALFORMED = {
+MALFORMED: dict[str, Any] = {
     "not-a-mapping": [],
     "none": None,
     "a-string": "entries",
@@ -112,6 +113,9 @@ MALFORMED = {
     "channel-offset-not-a-number": body_with(channels={"ch": ["w0", "x"]}),
     "quarantined-a-list": body_with(quarantined=[f"{OP}/w0/2"]),
     "attempts-not-a-number": body_with(attempts={f"{OP}/w0/2": "twice"}),
+    "restarts-a-list": body_with(restarts=["w0"]),
+    "restarts-seq-a-string": body_with(restarts={"w0": "3"}),
+    "restarts-seq-a-bool": body_with(restarts={"w0": True}),
     # Fixed: policy/plan.py RecoveryPlan.from_body (lines 73-74) copies ``seq`` and
     # ``checkpoint_id`` unchecked, so a string seq or a numeric checkpoint id is
     # accepted into a PlanEntry typed ``seq: int | None`` / ``checkpoint_id: str | None``
@@ -138,6 +142,7 @@ def test_a_well_formed_body_parses() -> None:
     assert plan.entries["w0"] == PlanEntry(checkpoint_id=f"{OP}/w0/2", seq=2, reason="latest")
     assert plan.channels == {"ch": ("w0", 9)}
     assert (plan.quarantined, plan.attempts, plan.generation) == ({}, {}, 4)
+    assert plan.restarts == {}  # a body written before ``restarts`` existed
 
 
 # -- quarantine ------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from resume_helpers import cut_heartbeat, take_over
 
 from bbp_dist_resume import (
     CheckpointConfig,
@@ -213,24 +214,33 @@ def test_committed_offset_needs_an_operation_and_a_valid_channel(
         rs.committed_offset("../escape")
 
 
-def test_retention_keeps_the_commit_that_shows_a_producer_restored_its_plan_entry(
-    make_config: Callable[..., CheckpointConfig], cleanup: list[Callable[[], object]]
+def test_retention_keeps_what_shows_a_relaunched_producer_restored_its_plan_entry(
+    make_config: Callable[..., CheckpointConfig],
+    cleanup: list[Callable[[], object]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     config, op = make_config(max_checkpoints=1), "restored-marker"
-    prod = ResumeSystem(config, "prod")
-    cleanup.append(prod.shutdown)
-    prod.start_monitoring(op, workers=["prod"])
-    entry = prod.create_checkpoint("produce", {"n": 4}, produced={CH: 4})
+    old = ResumeSystem(config, "prod")
+    cleanup.append(old.shutdown)
+    old.start_monitoring(op, workers=["prod"])
+    entry = old.create_checkpoint("produce", {"n": 4}, produced={CH: 4})
     coord = open_coordination(config.coord_url)
     cleanup.append(coord.close)
-    # A coordinator plans a restart of the producer from its commit at 4; a commit of the
-    # old incarnation (a zombie's) lands after the plan: it will be replaced.
+    # The producer is cut off from Redis; a coordinator plans its restart from 4; a commit
+    # of the old incarnation (a zombie's, still within its lease) lands after the plan:
+    # it will be replaced.
+    cut_heartbeat(monkeypatch, old)
     coord.publish_plan(op, build_plan(op, coord.index_all(op), relaunched=["prod"]).to_body())
-    prod.create_checkpoint("produce", {"n": 9}, produced={CH: 9})
-    assert prod.committed_offset(CH) == 4
+    old.create_checkpoint("produce", {"n": 9}, produced={CH: 9})
+    assert old.committed_offset(CH) == 4
+    prod = ResumeSystem(config, "prod")
+    cleanup.append(prod.shutdown)
+    take_over(prod, op, timeout=config.lease_ttl.total_seconds() + 5)
+    assert prod.committed_offset(CH) == 4  # the replacement has not committed yet
     ctx = prod.resume_automatically(op)
     assert ctx is not None and ctx.checkpoint_id == entry
     marker = prod.create_checkpoint("produce", {"n": 6}, produced={CH: 6})
+    assert prod.committed_offset(CH) == 6  # its own commit, below the zombie's 9
     for n in (8, 10):
         prod.create_checkpoint("produce", {"n": n}, produced={CH: n})
     prod.cleanup_old_checkpoints()

@@ -162,15 +162,18 @@ class ResumeSystemManager:
     ) -> RecoveryPlan:
         """The recovery plan the operation would get now (not published)."""
         check_id(operation_id, "operation id")
-        return self._plan(operation_id, mode, Restores.of(self.current_plan(operation_id)))
+        previous = self.current_plan(operation_id)
+        return self._plan(operation_id, mode, Restores.of(previous), previous=previous)
 
     def _plan(
         self,
         operation_id: str,
         mode: ResumeMode,
         restores: Restores,
+        *,
         relaunched: Collection[str] = (),
         histories: Histories | None = None,
+        previous: RecoveryPlan | None = None,
     ) -> RecoveryPlan:
         selection = (
             ResumeSelection.BEST if mode is ResumeMode.BEST_CHECKPOINT else ResumeSelection.LAST
@@ -189,6 +192,7 @@ class ResumeSystemManager:
             counted=restores.counted,
             relaunched=relaunched,
             deterministic=self._config.deterministic_producers,
+            previous=previous,
         )
 
     def current_plan(self, operation_id: str) -> RecoveryPlan | None:
@@ -229,7 +233,12 @@ class ResumeSystemManager:
         histories = self._cat().histories(operation_id)  # read once for both uses
         restores = self._count_failed_restores(due, previous, histories)
         plan = self._plan(
-            operation_id, ResumeMode.LAST_CHECKPOINT, restores, relaunched=due, histories=histories
+            operation_id,
+            ResumeMode.LAST_CHECKPOINT,
+            restores,
+            relaunched=due,
+            histories=histories,
+            previous=previous,
         )
         published = coord.publish_plan(operation_id, plan.to_body())
         recorder().plan_published(operation_id)

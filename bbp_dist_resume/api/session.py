@@ -229,7 +229,10 @@ class WorkerSession:
                 return True
             held = self._consumed[channel]
             ahead = seq < self._state_seq and held > offset
-            if ahead and held > self._recommitted(producer, channel, since, offset):
+            restarts = body.get("restarts")
+            relaunch = restarts.get(producer) if isinstance(restarts, dict) else None
+            relaunch = relaunch if type(relaunch) is int else None
+            if ahead and held > self._recommitted(producer, channel, since, offset, relaunch):
                 return True
         return False
 
@@ -247,11 +250,13 @@ class WorkerSession:
                 out.append((channel, producer, int(offset), int(since)))
         return out
 
-    def _recommitted(self, producer: str, channel: str, since: int, offset: int) -> int:
+    def _recommitted(
+        self, producer: str, channel: str, since: int, offset: int, relaunch: int | None
+    ) -> int:
         """How far the producer's new incarnation (the one that resumed from ``since``)
         has committed ``channel``; ``offset`` when it has not yet."""
         history = self._coord.index(self.operation.operation_id, producer)
-        return max(int(offset), restarted_offset(history, channel, since))
+        return max(int(offset), restarted_offset(history, channel, since, relaunch))
 
     def watch_plan(self) -> None:
         """Heartbeat hook (and ``complete``): one read of the operation; the plan only

@@ -13,9 +13,13 @@ The rule, over the published resume plan (if any) and the producer's index entri
 - a plan in force that does not restart the producer: the plan's offset, or the latest
   checkpoint the producer committed after its plan entry;
 - a plan that restarts the producer (it was relaunched, or consistency rolls it back):
-  the plan's offset until the incarnation that restored the plan entry commits (its first
-  commit carries ``base`` = the entry's seq; commits in between belong to the old
-  incarnation and will be replaced); then that incarnation's latest checkpoint. This is
+  the plan's offset until the incarnation that restored the plan entry commits; then
+  that incarnation's latest checkpoint. Commits in between belong to the old incarnation
+  and will be replaced. A relaunched producer's new incarnation is the one that took the
+  slot over after the plan's ``restarts`` seq (``policy.restarts``, also for a plan
+  that carries a relaunch of an earlier one forward); a producer rolled back in place
+  (or one of a plan without ``restarts``) shows it by its first commit, whose ``base``
+  is the entry's seq. This is
   the rule ``WorkerSession`` applies when it decides whether a consumer must roll back,
   so a consumer that reads only up to the watermark is never rolled back by a plan.
 
@@ -37,6 +41,7 @@ from bbp_dist_resume.coordination import Coordination
 from bbp_dist_resume.errors import InvalidCheckpoint
 from bbp_dist_resume.policy.plan import RecoveryPlan
 from bbp_dist_resume.policy.recovery import Point
+from bbp_dist_resume.policy.restarts import restored_commits
 
 
 def committed_offset(
@@ -65,8 +70,13 @@ def committed_offset(
         return _latest(points, channel)
     entry = plan.entries.get(producer)
     since = (entry.seq if entry is not None else None) or 0
-    restarted = producer in plan.relaunched or (entry is not None and entry.rollback)
     floor = pair[1] if pair is not None else 0
+    relaunch = plan.restarts.get(producer)
+    if relaunch is not None:
+        # Its takeovers count here: the raw history, not only its checkpoints.
+        history = histories.get(producer, ())
+        return max(floor, restarted_offset(history, channel, since, relaunch))
+    restarted = producer in plan.relaunched or (entry is not None and entry.rollback)
     return max(floor, _since(points, channel, since, restarted=restarted))
 
 
@@ -102,11 +112,17 @@ def restored_marker(history: Iterable[Point], since: int) -> int | None:
     return next((p.seq for p in _checkpoints(history) if p.seq > since and p.base == since), None)
 
 
-def restarted_offset(history: Iterable[Point], channel: str, since: int) -> int:
+def restarted_offset(
+    history: Iterable[Point], channel: str, since: int, relaunch: int | None = None
+) -> int:
     """How far the incarnation that restored seq ``since`` has committed ``channel``
     (0 while it has not committed): the rule both ``committed_offset`` and a consumer's
-    rollback check (``WorkerSession``) apply to a restarted producer."""
-    return _since(_checkpoints(history), channel, since, restarted=True)
+    rollback check (``WorkerSession``) apply to a restarted producer. ``relaunch``: the
+    plan's ``restarts`` seq of a relaunched producer (its new incarnation is the one that
+    took the slot over after it)."""
+    if relaunch is None:
+        return _since(_checkpoints(history), channel, since, restarted=True)
+    return _latest(restored_commits(list(history), relaunch) or [], channel)
 
 
 def _since(points: Sequence[Point], channel: str, since: int, *, restarted: bool) -> int:

@@ -18,6 +18,7 @@ from bbp_dist_resume.policy.recovery import (
     Score,
     recovery_line,
 )
+from bbp_dist_resume.policy.restarts import next_restarts, pending_restarts, planning_view
 
 PLAN_VERSION = 1
 
@@ -46,6 +47,10 @@ class RecoveryPlan:
         counted: worker -> the fence of its last crash already counted in ``attempts``.
         relaunched: the crashed workers this plan restarts (their output since their
             entry is replayed, so a consumer that read past it must roll back).
+        restarts: worker -> ``since`` for the relaunched workers, and for those an
+            earlier plan relaunched whose restored incarnation has not committed yet
+            (``policy.restarts``: their commits after ``since`` and before the next
+            takeover are a dead incarnation's).
         generation: set once published (0 before).
     """
 
@@ -57,6 +62,7 @@ class RecoveryPlan:
     attempts: Mapping[str, int] = field(default_factory=dict)
     counted: Mapping[str, int] = field(default_factory=dict)
     relaunched: tuple[str, ...] = ()
+    restarts: Mapping[str, int] = field(default_factory=dict)
     generation: int = 0
 
     def to_body(self) -> dict[str, Any]:
@@ -79,6 +85,7 @@ class RecoveryPlan:
             "attempts": dict(sorted(self.attempts.items())),
             "counted": dict(sorted(self.counted.items())),
             "relaunched": sorted(self.relaunched),
+            "restarts": dict(sorted(self.restarts.items())),
         }
 
     @classmethod
@@ -97,6 +104,7 @@ class RecoveryPlan:
                 attempts=_ids(_str_map(body.get("attempts", {}), int)),
                 counted=_str_map(body.get("counted", {}), int),
                 relaunched=tuple(_typed(w, str) for w in _typed(body.get("relaunched", []), list)),
+                restarts=_str_map(body.get("restarts", {}), int),
                 generation=generation,
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -158,16 +166,28 @@ def build_plan(
     counted: Mapping[str, int] | None = None,
     relaunched: Collection[str] = (),
     deterministic: Collection[str] = (),
+    previous: RecoveryPlan | None = None,
 ) -> RecoveryPlan:
-    """The plan of the maximal consistent cut, quarantined checkpoints excluded."""
+    """The plan of the maximal consistent cut, quarantined checkpoints excluded.
+
+    ``previous`` (the plan in force) keeps a worker it relaunched at its entry until the
+    restored incarnation commits (``policy.restarts``)."""
     quarantined = dict(quarantined or {})
     excluded: dict[str, set[int]] = {}
     for quarantined_id in quarantined:
         op, worker, seq = _split(quarantined_id)
         if op == operation_id:
             excluded.setdefault(worker, set()).add(seq)
+    pending = {}
+    if previous is not None:
+        seqs = {w: e.seq for w, e in previous.entries.items()}
+        pending = pending_restarts(previous.restarts, seqs, histories)
     line = recovery_line(
-        histories, selection=selection, score=score, excluded=excluded, deterministic=deterministic
+        planning_view(histories, pending),
+        selection=selection,
+        score=score,
+        excluded=excluded,
+        deterministic=deterministic,
     )
     entries = {}
     for worker, cut in line.cuts.items():
@@ -189,6 +209,7 @@ def build_plan(
         attempts=dict(attempts or {}),
         counted=dict(counted or {}),
         relaunched=tuple(sorted(relaunched)),
+        restarts=next_restarts(histories, pending, relaunched),
     )
 
 
