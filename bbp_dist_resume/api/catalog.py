@@ -65,10 +65,11 @@ class Catalog:
         workers = self._repo.slots().get(operation_id, [])
         return found | {w: store_history(self._repo, operation_id, w) for w in workers}
 
-    def manifest(self, checkpoint_id: str) -> Manifest:
+    def manifest(self, checkpoint_id: str, indexed: CheckpointSummary | None = None) -> Manifest:
         """The manifest of a checkpoint id. Raises ``InvalidIdentifier``, ``ObjectNotFound``
         (no such checkpoint), ``InvalidCheckpoint`` (a takeover), or ``IntegrityError``
-        (``ManifestError`` too for a record whose root is not the index's)."""
+        (``ManifestError`` too for a record whose root is not the index's). ``indexed``: the
+        index entry of the slot when the caller already holds it (saves a lookup)."""
         op, worker, seq = parse_checkpoint_id(checkpoint_id)
         key = record_key(op, worker, seq)
         with self._lock:
@@ -78,22 +79,23 @@ class Catalog:
         record = self._repo.load_record(op, worker, seq)
         if not isinstance(record, Manifest):
             raise InvalidCheckpoint(f"{checkpoint_id} is a takeover record, not a checkpoint")
-        self._check_indexed(record)
+        self._check_indexed(record, indexed)
         with self._lock:
             if len(self._cache) >= _CACHE_CAP:
                 self._cache.clear()
             self._cache[key] = record
         return record
 
-    def _check_indexed(self, record: Manifest) -> None:
+    def _check_indexed(self, record: Manifest, entry: CheckpointSummary | None) -> None:
         """Refuse a record that is not the one the index holds for its slot: a well-formed
         record of the right slot copied from another store or history parses fine, and only
         the root the index kept at commit time tells it apart. With no index entry (a history
         the backend lost or never saw) the store is the only truth."""
-        try:
-            entry = self._coord.lookup(record.operation_id, record.worker_id, record.seq)
-        except (UnknownOperation, InvalidIdentifier):
-            return  # the backend does not know this operation or worker
+        if entry is None:
+            try:
+                entry = self._coord.lookup(record.operation_id, record.worker_id, record.seq)
+            except (UnknownOperation, InvalidIdentifier):
+                return  # the backend does not know this operation or worker
         if entry is not None and entry.root != record.root:
             raise ManifestError(
                 "commit record differs from the one the index holds for its slot",
@@ -130,7 +132,7 @@ class Catalog:
     def _point(self, op: str, worker: str, summary: CheckpointSummary) -> CheckpointMetadata:
         cid = f"{op}/{worker}/{summary.seq}"
         try:
-            manifest = self.manifest(cid)
+            manifest = self.manifest(cid, indexed=summary)
         except (ObjectNotFound, BBPError) as exc:
             log.warning("resume point %s cannot be read: %s", cid, exc)
             return _from_summary(cid, op, worker, summary)
