@@ -32,6 +32,7 @@
         ├── LeaseLostError                   the caller no longer owns its lease
         ├── FencedError                      a write carried a stale owner token or fence
         ├── RecoveryTimeout                  the recovery barrier did not close in time
+        ├── CoordinationNotFound             a reader's SQLite database does not exist
         └── CoordinationUnavailable          transient: the backend did not answer
 
 Only ``blobstore/`` and ``coordination/`` see botocore or redis exceptions; they translate
@@ -301,6 +302,23 @@ class RecoveryTimeout(CoordinationError):
         super().__init__(
             f"resume plan {generation} of {operation_id}: {', '.join(self.missing)} "
             "did not restore within the recovery timeout"
+        )
+
+
+class CoordinationNotFound(CoordinationError):
+    """A reader (``create=False``) named a SQLite database that does not exist, or a file
+    that is not one: it is refused, never created empty as a mistyped path would be. A
+    worker or the coordinator creates the database; ``rebuild-index`` restores a lost one.
+
+    Attributes:
+        path: the database file.
+    """
+
+    def __init__(self, path: str, reason: str = "does not exist") -> None:
+        self.path = path
+        super().__init__(
+            f"SQLite database {path!r} {reason} (a reader creates nothing: a worker or "
+            "the coordinator creates it, rebuild-index restores a lost one)"
         )
 
 

@@ -38,6 +38,7 @@ EXPECTED = {
     "ConfigError",
     "CommitTooLate",
     "CoordinationError",
+    "CoordinationNotFound",
     "DecryptionError",
     "EncryptionKeyError",
     "IntegrityError",
