@@ -75,12 +75,22 @@ def load_runner(spec: str) -> Runner:
     metavar="SECONDS",
     help="Exit after this long with nothing to claim (0: never).",
 )
+@click.option(
+    "--slots",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Slots run at once, each claimed and run by its own thread.",
+)
 @pass_app
-def worker(app: App, run_spec: str, idle_exit: float) -> None:
-    """Claim crashed slots from the reclaim queue and run them, one at a time.
+def worker(app: App, run_spec: str, idle_exit: float, slots: int) -> None:
+    """Claim crashed slots from the reclaim queue and run them, up to --slots at once.
 
     Each claimed slot is resumed from the published plan, then handed to FUNCTION; a slot
     that loses its lease or is rolled back is given up (the coordinator reclaims it).
+    With channels, give it at least as many slots as the workers a crash relaunches
+    together: a relaunched consumer waits at the recovery barrier until its producer has
+    restored, and with too few slots nobody runs the producer (RecoveryTimeout).
     """
     service_logging()
     runner = load_runner(run_spec)
@@ -88,9 +98,34 @@ def worker(app: App, run_spec: str, idle_exit: float) -> None:
     manager = ResumeSystemManager()
     manager.initialize(app.config())
     try:
-        _claim_loop(manager, runner, stop, idle_exit)
+        if slots == 1:
+            _claim_loop(manager, runner, stop, idle_exit)
+        else:
+            _claim_loops(slots, lambda: _claim_loop(manager, runner, stop, idle_exit), stop)
     finally:
         manager.shutdown()
+
+
+def _claim_loops(slots: int, loop: Callable[[], None], stop: threading.Event) -> None:
+    """``loop`` in ``slots`` threads; the first error stops the others and is raised once
+    they have finished their slots."""
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            loop()
+        except BaseException as exc:
+            errors.append(exc)
+            stop.set()
+
+    threads = [threading.Thread(target=guarded, name=f"bbp-slot-{i}") for i in range(slots)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        while thread.is_alive():  # short joins: the main thread keeps handling signals
+            thread.join(0.2)
+    if errors:
+        raise errors[0]
 
 
 def _claim_loop(
