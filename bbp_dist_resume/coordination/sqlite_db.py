@@ -12,7 +12,11 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
-from bbp_dist_resume.errors import CoordinationError, CoordinationUnavailable
+from bbp_dist_resume.errors import (
+    CoordinationError,
+    CoordinationNotFound,
+    CoordinationUnavailable,
+)
 
 SCHEMA_VERSION = 1
 
@@ -207,6 +211,33 @@ def prepare_file(path: Path) -> None:
     except OSError as exc:
         msg = f"cannot create SQLite database {str(path)!r}: {exc.strerror}"
         raise CoordinationError(msg) from exc
+
+
+def require_database(path: Path, timeout_s: float) -> None:
+    """A reader's check that ``path`` is a coordination database already, over a
+    connection that never creates the file (``mode=rw``; not ``ro``, which could not
+    remove the -wal and -shm files it opens), so a mistyped path leaves nothing behind
+    and another program's database gets none of our tables.
+
+    Raises:
+        CoordinationNotFound: no such file, or a file without this library's schema.
+        CoordinationError: the file cannot be read.
+    """
+    if not path.is_file():
+        raise CoordinationNotFound(str(path))
+    with translated(path):
+        # SQLite's own file handling, not os.open: closing a descriptor of a file in use
+        # would drop this process's locks on it (see prepare_file).
+        db = sqlite3.connect(f"{path.as_uri()}?mode=rw", uri=True, timeout=timeout_s)
+        try:
+            found = db.execute(_HAS_SCHEMA).fetchone()
+        finally:
+            db.close()
+    if found is None:
+        raise CoordinationNotFound(str(path), "is not a coordination database")
+
+
+_HAS_SCHEMA = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
 
 
 def file_ident(path: Path) -> tuple[int, int] | None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from bbp_dist_resume.coordination.base import Coordination
 from bbp_dist_resume.coordination.redis_backend import connect
 from bbp_dist_resume.coordination.sqlite_backend import SQLiteCoordination
+from bbp_dist_resume.coordination.sqlite_db import require_database
 from bbp_dist_resume.errors import ConfigError
 
 _REDIS = ("redis://", "rediss://", "redis+cluster://")
@@ -16,7 +18,12 @@ _WAIT_WHERE = "WAIT needs one Redis primary (redis:// or rediss://): not a Clust
 
 
 def open_coordination(
-    url: str, *, timeout_s: float = 5.0, wait_replicas: int = 0, wait_timeout_ms: int = 1000
+    url: str,
+    *,
+    timeout_s: float = 5.0,
+    wait_replicas: int = 0,
+    wait_timeout_ms: int = 1000,
+    create: bool = True,
 ) -> Coordination:
     """Open ``redis://[:password@]host:port/db``, ``rediss://…`` (TLS),
     ``redis+cluster://host:port`` (a Cluster seed) or ``sqlite:///path/to/file.db``.
@@ -27,11 +34,14 @@ def open_coordination(
         wait_replicas: Redis replicas that must acknowledge a lease acquisition (WAIT)
             before it counts; 0 for none (``coordination.redis_wait`` has the rules).
         wait_timeout_ms: how long WAIT waits for them.
+        create: False for a reader: a SQLite database must exist already, and nothing
+            is created (Redis has no file to create).
 
     Raises:
         ConfigError: the URL does not parse or has an unknown scheme, or WAIT is asked
             of a backend that is not a standalone Redis primary.
         CoordinationUnavailable: the server does not answer.
+        CoordinationNotFound: ``create=False`` and no SQLite database at the path.
     """
     if not isinstance(url, str):
         raise ConfigError([("coord_url", "must be a string")])
@@ -43,7 +53,10 @@ def open_coordination(
             url, timeout_s=timeout_s, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms
         )
     if url.startswith("sqlite:"):
-        return SQLiteCoordination(sqlite_path(url), timeout_s=timeout_s)
+        path = Path(sqlite_path(url)).absolute()
+        if not create:
+            require_database(path, timeout_s)
+        return SQLiteCoordination(path, timeout_s=timeout_s)
     raise ConfigError(
         [("coord_url", "must start with redis://, rediss://, redis+cluster:// or sqlite:")]
     )
