@@ -31,7 +31,10 @@ class LocalBlobStore:
         if create:
             _makedirs(self._root)
         elif not self._root.is_dir():
-            raise BucketNotFound(f"store directory {str(self._root)!r} does not exist")
+            raise BucketNotFound(
+                f"store directory {str(self._root)!r} does not exist "
+                "(a reader creates nothing: the first worker creates it)"
+            )
 
     @property
     def properties(self) -> StoreProperties:

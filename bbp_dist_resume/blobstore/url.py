@@ -31,19 +31,22 @@ _FLOATS = {"connect_timeout": (0.1, 600.0), "read_timeout": (0.1, 3600.0)}
 _BOOLS = {"payload_signing", "fast_get"}
 
 
-def open_store(url: str, *, concurrency: int = 8) -> BlobStore:
+def open_store(url: str, *, concurrency: int = 8, create: bool = True) -> BlobStore:
     """Open the blob store a URL names.
 
     Args:
         url: ``file://`` or ``s3://`` URL.
         concurrency: the caller's parallel requests; sizes the S3 connection pool.
+        create: False for a reader: a local store's folder must exist already (a bucket
+            is never created either way).
 
     Raises:
         ConfigError: the URL is malformed or has an unknown scheme or parameter.
+        BucketNotFound: ``create=False`` and the local folder does not exist.
     """
     scheme = url.split(":", 1)[0].lower() if isinstance(url, str) and ":" in url else ""
     if scheme == "file":
-        return LocalBlobStore(parse_file_url(url))
+        return LocalBlobStore(parse_file_url(url), create=create)
     if scheme == "s3":
         settings = parse_s3_url(url)
         pool = max(settings.max_pool_connections, concurrency + 4)
