@@ -54,12 +54,18 @@ class RestoreResult:
 
 
 class Admin:
-    """Operator actions over one configuration's store and backend (a context manager)."""
+    """Operator actions over one configuration's store and backend (a context manager).
 
-    def __init__(self, config: CheckpointConfig) -> None:
+    It creates nothing to open them, so a mistyped path is an error, not a new empty
+    store or database: the store must have been written to (else BucketNotFound or
+    InvalidStateError, naming it) and a SQLite database must exist (else
+    CoordinationNotFound) — unless ``create_backend``, for a rebuild of a lost one.
+    """
+
+    def __init__(self, config: CheckpointConfig, *, create_backend: bool = False) -> None:
         self.config = config
         self._manager = ResumeSystemManager(f"admin-{uuid.uuid4().hex[:12]}")
-        self._manager.initialize(config)
+        self._manager.initialize(config, create_store=False, create_backend=create_backend)
 
     def close(self) -> None:
         self._manager.shutdown()
@@ -288,7 +294,8 @@ class Admin:
         return collect_garbage(repo, dry_run=dry_run, progress=progress, break_lock=break_lock)
 
     def rebuild_index(self) -> RebuildReport:
-        """Rebuild every index and fence from the store's commit records."""
+        """Rebuild every index and fence from the store's commit records (open the
+        ``Admin`` with ``create_backend=True`` when the SQLite file itself was lost)."""
         repo, coord, _ = self._open()
         return rebuild_from_store(coord, repo)
 

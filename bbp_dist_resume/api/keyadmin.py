@@ -31,9 +31,10 @@ def list_keys(config: CheckpointConfig) -> list[KeyInfo]:
     only). Creates nothing.
 
     Raises:
-        InvalidStateError: the store was never written to.
+        InvalidStateError: the store was never written to. BucketNotFound: no such
+            bucket or local folder.
     """
-    store = open_store(config.store_url, concurrency=config.upload_concurrency)
+    store = open_store(config.store_url, concurrency=config.upload_concurrency, create=False)
     try:
         store_config = load_existing(store)
         if store_config is None:
@@ -79,9 +80,10 @@ def add_key(config: CheckpointConfig) -> KeyInfo:
     Raises:
         EncryptionKeyError: no configured secret opens the store's keys.
         InvalidStateError: the store has no keys yet (use ``init_keys``).
+        BucketNotFound: no such bucket or local folder (it had no keys either).
     """
     secrets = _secrets(config)
-    store = open_store(config.store_url, concurrency=config.upload_concurrency)
+    store = open_store(config.store_url, concurrency=config.upload_concurrency, create=False)
     try:
         store_config = load_existing(store)
         if store_config is None or not _has(store, KEYS_PREFIX):

@@ -28,16 +28,17 @@ from bbp_dist_resume.api.launch import Launcher, Launches, check_launcher
 from bbp_dist_resume.api.metrics import recorder, start_configured_exporter
 from bbp_dist_resume.api.models import ResumeMode, ResumeStatistics
 from bbp_dist_resume.api.resume_system import ResumeSystem
+from bbp_dist_resume.api.runtime import open_resources
 from bbp_dist_resume.api.session import repair_index
 from bbp_dist_resume.config import CheckpointConfig
-from bbp_dist_resume.coordination import Coordination, open_coordination
+from bbp_dist_resume.coordination import Coordination
 from bbp_dist_resume.coordination.rebuild import rebuild_from_store
 from bbp_dist_resume.errors import BBPError, InvalidStateError, UnknownOperation
 from bbp_dist_resume.ids import check_id
 from bbp_dist_resume.logs import get_logger, log_context
 from bbp_dist_resume.policy import ResumeSelection
 from bbp_dist_resume.policy.plan import RecoveryPlan, build_plan
-from bbp_dist_resume.repository import Repository, open_repository
+from bbp_dist_resume.repository import Repository
 
 log = get_logger(__name__)
 _ANY = "*"  # register_pipeline("*", ...): the launcher of every operation
@@ -91,26 +92,27 @@ class ResumeSystemManager:
 
     # -- life cycle ----------------------------------------------------------------------
 
-    def initialize(self, config: CheckpointConfig | None = None) -> bool:
-        """Open the store and the coordination backend of ``config`` (idempotent)."""
+    def initialize(
+        self,
+        config: CheckpointConfig | None = None,
+        *,
+        create_store: bool = True,
+        create_backend: bool = True,
+    ) -> bool:
+        """Open the store and the coordination backend of ``config`` (idempotent). A
+        manager used only to read passes False for both: a missing store (BucketNotFound,
+        InvalidStateError) or SQLite database (CoordinationNotFound) is then refused,
+        never made (``runtime.open_resources``)."""
         with self._lock:
             if self._repo is not None:
                 return True
             self._stop.clear()
             self._config = config or self._config
             start_configured_exporter(self._config)
-            repo = open_repository(None, self._config)
-            try:
-                self._coord = open_coordination(
-                    self._config.coord_url,
-                    wait_replicas=self._config.redis_wait_replicas,
-                    wait_timeout_ms=self._config.redis_wait_timeout_ms,
-                )
-            except BaseException:
-                repo.close()
-                raise
-            self._repo = repo
-            self._catalog = Catalog(repo, self._coord)
+            self._repo, self._coord = open_resources(
+                self._config, create_store=create_store, create_backend=create_backend
+            )
+            self._catalog = Catalog(self._repo, self._coord)
             return True
 
     def shutdown(self) -> None:

@@ -16,20 +16,40 @@ from bbp_dist_resume.coordination import Coordination, open_coordination
 from bbp_dist_resume.repository import Repository, open_repository
 
 
+def open_resources(
+    config: CheckpointConfig, *, create_store: bool = True, create_backend: bool = True
+) -> tuple[Repository, Coordination]:
+    """Open the store and the coordination backend of ``config``, the store first.
+
+    Args:
+        config: the settings.
+        create_store: False for a reader: the store must have been written to already;
+            nothing is written to open it (``open_repository``).
+        create_backend: False for a reader: a SQLite database must exist already.
+
+    Raises:
+        BucketNotFound, InvalidStateError: see ``open_repository``.
+        CoordinationNotFound: see ``open_coordination``.
+    """
+    repo = open_repository(None, config, create=create_store)
+    try:
+        coord = open_coordination(
+            config.coord_url,
+            wait_replicas=config.redis_wait_replicas,
+            wait_timeout_ms=config.redis_wait_timeout_ms,
+            create=create_backend,
+        )
+    except BaseException:
+        repo.close()
+        raise
+    return repo, coord
+
+
 class Runtime:
     """The open resources of one ``ResumeSystem``."""
 
     def __init__(self, config: CheckpointConfig, plumbing: Plumbing) -> None:
-        self.repo: Repository = open_repository(None, config)
-        try:
-            self.coord: Coordination = open_coordination(
-                config.coord_url,
-                wait_replicas=config.redis_wait_replicas,
-                wait_timeout_ms=config.redis_wait_timeout_ms,
-            )
-        except BaseException:
-            self.repo.close()
-            raise
+        self.repo, self.coord = open_resources(config)
         self.catalog = Catalog(self.repo, self.coord)
         self.maintenance = Maintenance(
             self.repo, self.coord, self.catalog, config.deterministic_producers

@@ -61,8 +61,10 @@ class App:
         return {k: v for k, v in (("store_url", self.store), ("coord_url", self.coord)) if v}
 
     @contextmanager
-    def admin(self, **overrides: Any) -> Iterator[Admin]:
-        with Admin(self.config(**overrides)) as admin:
+    def admin(self, *, create_backend: bool = False, **overrides: Any) -> Iterator[Admin]:
+        """An ``Admin`` that creates nothing to open (``create_backend``: but the SQLite
+        database, for ``rebuild-index``)."""
+        with Admin(self.config(**overrides), create_backend=create_backend) as admin:
             yield admin
 
     @property

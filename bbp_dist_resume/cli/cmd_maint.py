@@ -67,8 +67,9 @@ def gc(app: App, *, dry_run: bool, break_lock: bool, as_json: bool) -> None:
 @pass_app
 def rebuild_index(app: App, as_json: bool) -> None:
     """Rebuild every checkpoint index and fencing counter from the store's commit records
-    (after the coordination backend lost its data). Safe to run again."""
-    with app.admin() as admin:
+    (after the coordination backend lost its data, a SQLite file included: it is made
+    again). Safe to run again."""
+    with app.admin(create_backend=True) as admin:
         report = admin.rebuild_index()
     if as_json:
         out.emit_json(app.out, report)
