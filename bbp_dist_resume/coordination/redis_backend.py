@@ -4,6 +4,10 @@ Every read-check-write is one Lua script of ``scripts`` over the keys of ``keys`
 ``{op}`` slot each), so the same code runs on a Cluster. Lease expiry is Redis' own (PX).
 Only idempotent calls are retried on connection errors (``_retry``); the client itself
 never retries, so a release or a queue push is sent at most once.
+
+The checkpoint index (``redis_index``) and the plans, reclaim queue and leader lease
+(``redis_recovery``) are mixins in modules of their own; pure helpers are in
+``redis_helpers``.
 """
 
 from __future__ import annotations
@@ -12,45 +16,31 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
 from bbp_dist_resume.coordination import keys as K
-from bbp_dist_resume.coordination.checks import (
-    check_generation,
-    check_progress,
-    check_ttl,
-    check_workers,
-)
-from bbp_dist_resume.coordination.models import (
-    CheckpointSummary,
-    Lease,
-    OperationInfo,
-    OperationStatus,
-    ReclaimClaim,
-    ResumePlan,
-    SlotState,
-)
+from bbp_dist_resume.coordination.checks import check_progress, check_ttl, check_workers
+from bbp_dist_resume.coordination.models import Lease, OperationInfo, OperationStatus, SlotState
 from bbp_dist_resume.coordination.redis_client import RedisCalls, connect_client
-from bbp_dist_resume.coordination.redis_queue import ReclaimQueue
-from bbp_dist_resume.coordination.redis_wait import ReplicaWait
-from bbp_dist_resume.errors import (
-    CoordinationError,
-    FencedError,
-    InvalidCheckpoint,
-    InvalidIdentifier,
-    LeaseHeldError,
-    LeaseLostError,
-    UnknownOperation,
-    WorkerFinished,
+from bbp_dist_resume.coordination.redis_helpers import (
+    _check_member,
+    _crashed,
+    _info,
+    _refused,
+    _shown,
+    _slot_keys,
 )
-from bbp_dist_resume.ids import check_id, check_seq
+from bbp_dist_resume.coordination.redis_index import RedisIndex
+from bbp_dist_resume.coordination.redis_queue import ReclaimQueue
+from bbp_dist_resume.coordination.redis_recovery import RedisRecovery
+from bbp_dist_resume.coordination.redis_wait import ReplicaWait
+from bbp_dist_resume.errors import CoordinationError, LeaseLostError, UnknownOperation
+from bbp_dist_resume.ids import check_id
 
-_POLL_S = 0.05
 
-
-class RedisCoordination:
+class RedisCoordination(RedisIndex, RedisRecovery):
     """The ``Coordination`` protocol over a redis-py client (``Redis`` or ``RedisCluster``);
     ``wait_replicas`` > 0 sends WAIT after the writes of ``redis_wait`` (standalone only)."""
 
@@ -279,84 +269,6 @@ class RedisCoordination:
         key = K.fence(operation_id, worker_id)
         return int(self._retry(lambda: self._r.get(key)) or 0)
 
-    # -- checkpoint index ----------------------------------------------------------------
-
-    def record(self, lease: Lease, summary: CheckpointSummary) -> None:
-        slot = _slot_keys(lease.operation_id, lease.worker_id)
-        ok = self._retry(
-            lambda: self._script(
-                "RECORD",
-                [slot["fence"], slot["owner"], slot["index"]],
-                [lease.owner_token, lease.fence, summary.seq, summary.to_json()],
-            )
-        )
-        if not ok:
-            raise FencedError(lease.operation_id, lease.worker_id, lease.fence)
-
-    def index(self, operation_id: str, worker_id: str) -> list[CheckpointSummary]:
-        return self._index_read(operation_id, worker_id, lambda p, key: p.zrange(key, 0, -1))
-
-    def index_all(self, operation_id: str) -> dict[str, list[CheckpointSummary]]:
-        workers = self.get_operation(operation_id).workers
-
-        def read() -> list[Any]:
-            pipe = self._r.pipeline(transaction=False)
-            for w in workers:
-                pipe.zrange(K.index(operation_id, w), 0, -1)
-            return list(pipe.execute())
-
-        return {w: _summaries(raw) for w, raw in zip(workers, self._retry(read), strict=True)}
-
-    def latest(self, operation_id: str, worker_id: str) -> CheckpointSummary | None:
-        got = self._index_read(operation_id, worker_id, lambda p, key: p.zrange(key, -1, -1))
-        return got[0] if got else None
-
-    def lookup(self, operation_id: str, worker_id: str, seq: int) -> CheckpointSummary | None:
-        s = check_seq(seq)
-        got = self._index_read(operation_id, worker_id, lambda p, key: p.zrangebyscore(key, s, s))
-        return got[0] if got else None
-
-    def _index_read(
-        self, operation_id: str, worker_id: str, command: Callable[[Any, str], Any]
-    ) -> list[CheckpointSummary]:
-        """One round trip: the operation's workers (to refuse a stranger) and the read."""
-        meta, key = K.meta(operation_id), K.index(operation_id, worker_id)
-
-        def read() -> list[Any]:
-            pipe = self._r.pipeline(transaction=False)
-            pipe.hget(meta, "workers")
-            command(pipe, key)
-            return list(pipe.execute())
-
-        workers, raw = self._retry(read)
-        _check_member(operation_id, worker_id, workers)
-        return _summaries(raw)
-
-    def delete_entries(self, operation_id: str, worker_id: str, seqs: Iterable[int]) -> None:
-        self._require_worker(operation_id, worker_id)
-        key = K.index(operation_id, worker_id)
-        chosen = [check_seq(x) for x in seqs]
-
-        def delete() -> None:
-            pipe = self._r.pipeline(transaction=False)
-            for seq in chosen:
-                pipe.zremrangebyscore(key, seq, seq)
-            pipe.execute()
-
-        self._retry(delete)
-
-    def repair(
-        self, operation_id: str, worker_id: str, summaries: Iterable[CheckpointSummary]
-    ) -> int:
-        self._require_worker(operation_id, worker_id)
-        key = K.index(operation_id, worker_id)
-        args: list[Any] = []
-        for summary in summaries:
-            args += [summary.seq, summary.to_json()]
-        if not args:
-            return 0
-        return int(self._retry(lambda: self._script("REPAIR", [key], args)))
-
     def _require(self, operation_id: str) -> None:
         meta = K.meta(operation_id)
         if not self._retry(lambda: self._r.exists(meta)):
@@ -368,82 +280,6 @@ class RedisCoordination:
         check_id(worker_id, "worker id")
         meta = K.meta(operation_id)
         _check_member(operation_id, worker_id, self._retry(lambda: self._r.hget(meta, "workers")))
-
-    # -- resume plans --------------------------------------------------------------------
-
-    def publish_plan(self, operation_id: str, body: Mapping[str, Any]) -> ResumePlan:
-        try:
-            text = json.dumps(dict(body), sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError) as exc:
-            raise InvalidCheckpoint(f"a resume plan must be plain JSON: {exc}") from None
-        keys_ = [K.meta(operation_id), K.plan(operation_id)]
-        plan_id = uuid.uuid4().hex  # makes a retried publish land once
-        got, acks = self._retry(lambda: self._wait.script("PUBLISH_PLAN", keys_, [plan_id, text]))
-        generation = int(got)
-        if generation < 0:
-            raise UnknownOperation(operation_id)
-        self._wait.advised(f"plan {generation} of {operation_id}", acks)
-        return ResumePlan(operation_id=operation_id, generation=generation, body=json.loads(text))
-
-    def read_plan(self, operation_id: str) -> ResumePlan | None:
-        self._require(operation_id)
-        key = K.plan(operation_id)
-        raw = self._retry(lambda: self._r.get(key))
-        if raw is None:
-            return None
-        data = json.loads(raw)
-        return ResumePlan(
-            operation_id=operation_id, generation=int(data["generation"]), body=data["body"]
-        )
-
-    def wait_plan(self, operation_id: str, after: int, timeout: float) -> ResumePlan | None:
-        end = time.monotonic() + timeout
-        while True:
-            plan = self.read_plan(operation_id)
-            if plan is not None and plan.generation > after:
-                return plan
-            if time.monotonic() >= end:
-                return None
-            time.sleep(min(_POLL_S, max(0.0, end - time.monotonic())))
-
-    def ack_plan(self, operation_id: str, worker_id: str, generation: int) -> None:
-        check_id(worker_id, "worker id")
-        keys_ = [K.meta(operation_id), K.acks(operation_id)]
-        args = [worker_id, check_generation(generation)]
-        if int(self._retry(lambda: self._script("ACK_PLAN", keys_, args))) < 0:
-            raise UnknownOperation(operation_id)
-
-    def plan_acks(self, operation_id: str) -> dict[str, int]:
-        self._require(operation_id)
-        key = K.acks(operation_id)
-        raw = self._retry(lambda: self._r.hgetall(key))
-        return {str(w): int(g) for w, g in raw.items()}
-
-    # -- reclaim queue -------------------------------------------------------------------
-
-    def reclaim_push(self, operation_id: str, worker_id: str) -> None:
-        self._require_worker(operation_id, worker_id)
-        self._queue.push(operation_id, worker_id)
-
-    def reclaim_claim(self, consumer: str, *, stale_after_ms: int) -> ReclaimClaim | None:
-        return self._queue.claim(consumer, stale_after_ms=stale_after_ms)
-
-    def reclaim_ack(self, claim: ReclaimClaim) -> None:
-        self._queue.ack(claim)
-
-    # -- leader lease --------------------------------------------------------------------
-
-    def acquire_leader(self, coordinator_id: str, *, ttl_ms: int) -> bool:
-        check_id(coordinator_id, "coordinator id")
-        return bool(
-            self._retry(
-                lambda: self._script("LEADER", [K.COORDINATOR], [coordinator_id, check_ttl(ttl_ms)])
-            )
-        )
-
-    def release_leader(self, coordinator_id: str) -> None:
-        check_id(coordinator_id, "coordinator id")
-        self._retry(lambda: self._script("COMPARE_AND_DELETE", [K.COORDINATOR], [coordinator_id]))
 
     # -- data loss -----------------------------------------------------------------------
 
@@ -476,70 +312,6 @@ class RedisCoordination:
 
     def close(self) -> None:
         self._r.close()
-
-
-def _check_member(operation_id: str, worker_id: str, workers: str | None) -> None:
-    """UnknownOperation when the meta is gone; InvalidIdentifier for a stranger."""
-    if workers is None:
-        raise UnknownOperation(operation_id)
-    if worker_id not in json.loads(workers):
-        raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
-
-
-def _refused(code: int, operation_id: str, worker_id: str) -> None:
-    """The error of an ACQUIRE refusal code (none for a fence)."""
-    if code == -1:
-        raise UnknownOperation(operation_id)
-    if code == -2:
-        raise InvalidIdentifier("worker id", worker_id, f"not a worker of {operation_id}")
-    if code == -3:
-        raise LeaseHeldError(operation_id, worker_id)
-    if code == -4:
-        raise WorkerFinished(operation_id, worker_id)
-
-
-def _crashed(facts: list[Any]) -> bool:
-    """status RUNNING, not done, no live lease, and acquired at least once (a fence)."""
-    status, is_done, has_lease, has_fence = facts
-    return bool(status == OperationStatus.RUNNING and not is_done and not has_lease and has_fence)
-
-
-def _slot_keys(op: str, worker: str) -> dict[str, str]:
-    return {
-        "meta": K.meta(op),
-        "lease": K.lease(op, worker),
-        "fence": K.fence(op, worker),
-        "deadlines": K.deadlines(op),
-        "owner": K.owner(op, worker),
-        "done": K.done(op),
-        "index": K.index(op, worker),
-    }
-
-
-def _shown(progress: float | None) -> str:
-    return "" if progress is None else repr(progress)
-
-
-def _info(op: str, fields: dict[str, str], finished: set[str]) -> OperationInfo:
-    return OperationInfo(
-        operation_id=op,
-        status=OperationStatus(fields["status"]),
-        created_at=int(fields["created_at"]) / 1000,
-        config_path=fields.get("config_path", ""),
-        workers=tuple(json.loads(fields["workers"])),
-        stages=tuple(json.loads(fields["stages"])),
-        generation=int(fields.get("generation", 0)),
-        done_workers=frozenset(finished),
-        progress={
-            k.removeprefix("progress:"): float(v)
-            for k, v in fields.items()
-            if k.startswith("progress:")
-        },
-    )
-
-
-def _summaries(raw: Iterable[str]) -> list[CheckpointSummary]:
-    return [CheckpointSummary.model_validate_json(item) for item in raw]
 
 
 def connect(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import redis
 import redis.exceptions as rexc
@@ -43,6 +43,12 @@ SCRIPT_NAMES = (
     "LEADER",
     "COMPARE_AND_DELETE",
 )
+
+
+class Retrying(Protocol):
+    """The type of ``RedisCalls.retry``, for the backend's mixins that use it."""
+
+    def __call__(self, fn: Callable[[], T]) -> T: ...
 
 
 class RedisCalls:

@@ -16,6 +16,9 @@ outlived its lease is still refused by the store's create-only commit (DESIGN.md
 A slot keeps its last owner's token after a release (as Redis keeps its ``owner`` key),
 so that owner can still index a checkpoint it committed, and a retried
 ``mark_worker_done`` finds its own effect.
+
+The plans, reclaim queue and leader lease are a mixin (``sqlite_recovery``); the
+helpers over rows and ids are in ``sqlite_helpers``.
 """
 
 from __future__ import annotations
@@ -27,68 +30,53 @@ import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
-from bbp_dist_resume.coordination.checks import (
-    check_generation,
-    check_progress,
-    check_ttl,
-    check_workers,
-)
+from bbp_dist_resume.coordination.checks import check_progress, check_ttl, check_workers
 from bbp_dist_resume.coordination.models import (
     CheckpointSummary,
     Lease,
     OperationInfo,
     OperationStatus,
-    ReclaimClaim,
-    ResumePlan,
     SlotState,
 )
-from bbp_dist_resume.coordination.sqlite_db import (
-    ThreadConnections,
-    now_ms,
-    transaction,
+from bbp_dist_resume.coordination.sqlite_db import ThreadConnections, now_ms, transaction
+from bbp_dist_resume.coordination.sqlite_helpers import (
+    _id_list,
+    _info,
+    _key,
+    _live,
+    _member_slot,
+    _non_negative,
+    _not_a_worker,
+    _op_row,
+    _op_worker,
+    _owned,
+    _slot,
+    _slot_state,
+    _status,
+    _summary,
+    _summary_json,
 )
+from bbp_dist_resume.coordination.sqlite_recovery import SQLiteRecovery
 from bbp_dist_resume.errors import (
     FencedError,
     InvalidCheckpoint,
     InvalidIdentifier,
     LeaseHeldError,
-    LeaseLostError,
     UnknownOperation,
     WorkerFinished,
 )
 from bbp_dist_resume.ids import check_id, check_seq
 
-_LEADER = "coordinator"
-_POLL_S = 0.05
-_SLOT = "SELECT owner_token, fence, deadline_ms, done FROM slots WHERE op = ? AND worker = ?"
 _INDEX = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? ORDER BY seq"
 _LATEST = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? ORDER BY seq DESC LIMIT 1"
 _LOOKUP = "SELECT summary FROM index_entries WHERE op = ? AND worker = ? AND seq = ?"
-_BUMP_GENERATION = (
-    "UPDATE operations SET generation = generation + 1 WHERE op = ? RETURNING generation"
-)
-_ACK_PLAN = (
-    "INSERT INTO plan_acks VALUES (?, ?, ?) ON CONFLICT (op, worker) "
-    "DO UPDATE SET generation = MAX(generation, excluded.generation)"
-)
 _ADD_ENTRY = "INSERT OR IGNORE INTO index_entries VALUES (?, ?, ?, ?)"
 _CRASHED = (
     "SELECT s.op, s.worker FROM slots s JOIN operations o ON o.op = s.op "
     "WHERE o.status = ? AND s.done = 0 AND s.deadline_ms <= ? ORDER BY s.op, s.worker"
-)
-_CLAIMABLE = (
-    "SELECT id, op, worker FROM reclaim "
-    "WHERE consumer IS NULL OR claimed_at_ms <= ? ORDER BY id LIMIT 1"
-)
-# Taken when free, expired or already ours (then renewed); otherwise left as it is.
-_TAKE_LEADER = (
-    "INSERT INTO leader VALUES (?, ?, ?) ON CONFLICT (name) DO UPDATE "
-    "SET holder = excluded.holder, deadline_ms = excluded.deadline_ms "
-    "WHERE leader.holder = excluded.holder OR leader.deadline_ms <= ?"
 )
 _RESTART_FENCE = (
     "UPDATE slots SET fence = MAX(fence, ?), deadline_ms = CASE WHEN owner_token IS NOT NULL "
@@ -96,7 +84,7 @@ _RESTART_FENCE = (
 )
 
 
-class SQLiteCoordination:
+class SQLiteCoordination(SQLiteRecovery):
     """The ``Coordination`` protocol over one SQLite database file."""
 
     def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 10.0) -> None:
@@ -316,99 +304,6 @@ class SQLiteCoordination:
             # that is already there.
             return max(db.executemany(_ADD_ENTRY, rows).rowcount, 0)
 
-    # -- resume plans --------------------------------------------------------------------
-
-    def publish_plan(self, operation_id: str, body: Mapping[str, Any]) -> ResumePlan:
-        op = check_id(operation_id, "operation id")
-        text = _plan_json(body)
-        with self._tx() as db:
-            bumped = db.execute(_BUMP_GENERATION, (op,)).fetchall()
-            if not bumped:
-                raise UnknownOperation(op)
-            generation = int(bumped[0][0])
-            db.execute("INSERT OR REPLACE INTO plans VALUES (?, ?, ?)", (op, generation, text))
-        return ResumePlan(operation_id=op, generation=generation, body=json.loads(text))
-
-    def read_plan(self, operation_id: str) -> ResumePlan | None:
-        op = check_id(operation_id, "operation id")
-        with self._tx(write=False) as db:
-            _op_row(db, op)
-            row = db.execute("SELECT generation, body FROM plans WHERE op = ?", (op,)).fetchone()
-        if row is None:
-            return None
-        return ResumePlan(operation_id=op, generation=int(row[0]), body=json.loads(row[1]))
-
-    def wait_plan(self, operation_id: str, after: int, timeout: float) -> ResumePlan | None:
-        _non_negative(after, "after")
-        end = time.monotonic() + _non_negative(timeout, "timeout")
-        while True:
-            plan = self.read_plan(operation_id)
-            if plan is not None and plan.generation > after:
-                return plan
-            left = end - time.monotonic()
-            if left <= 0:
-                return None
-            time.sleep(min(_POLL_S, left))
-
-    def ack_plan(self, operation_id: str, worker_id: str, generation: int) -> None:
-        op, worker = _op_worker(operation_id, worker_id)
-        generation = check_generation(generation)
-        with self._tx() as db:
-            _op_row(db, op)
-            db.execute(_ACK_PLAN, (op, worker, generation))
-
-    def plan_acks(self, operation_id: str) -> dict[str, int]:
-        op = check_id(operation_id, "operation id")
-        with self._tx(write=False) as db:
-            _op_row(db, op)
-            rows = db.execute("SELECT worker, generation FROM plan_acks WHERE op = ?", (op,))
-            return {str(w): int(g) for w, g in rows.fetchall()}
-
-    # -- reclaim queue -------------------------------------------------------------------
-
-    def reclaim_push(self, operation_id: str, worker_id: str) -> None:
-        op, worker = _op_worker(operation_id, worker_id)
-        with self._tx() as db:
-            _member_slot(db, op, worker)
-            db.execute("INSERT INTO reclaim (op, worker) VALUES (?, ?)", (op, worker))
-
-    def reclaim_claim(self, consumer: str, *, stale_after_ms: int) -> ReclaimClaim | None:
-        who = check_id(consumer, "consumer id")
-        stale = _non_negative(stale_after_ms, "stale_after_ms")
-        with self._tx() as db:
-            now = now_ms()
-            row = db.execute(_CLAIMABLE, (now - stale,)).fetchone()
-            if row is None:
-                return None
-            sql = "UPDATE reclaim SET consumer = ?, claimed_at_ms = ? WHERE id = ?"
-            db.execute(sql, (who, now, row["id"]))
-        return ReclaimClaim(
-            entry_id=str(row["id"]), operation_id=row["op"], worker_id=row["worker"], consumer=who
-        )
-
-    def reclaim_ack(self, claim: ReclaimClaim) -> None:
-        """Drop the entry only while ``claim.consumer`` holds it: a claim that went stale
-        and was claimed again belongs to its new claimant."""
-        who = check_id(claim.consumer, "consumer id")
-        entry = claim.entry_id
-        if not (isinstance(entry, str) and entry.isascii() and entry.isdigit()):
-            raise InvalidIdentifier("reclaim entry id", entry, "must be a decimal number")
-        with self._tx() as db:
-            db.execute("DELETE FROM reclaim WHERE id = ? AND consumer = ?", (int(entry), who))
-
-    # -- coordinator leader lease --------------------------------------------------------
-
-    def acquire_leader(self, coordinator_id: str, *, ttl_ms: int) -> bool:
-        who, ttl = check_id(coordinator_id, "coordinator id"), check_ttl(ttl_ms)
-        with self._tx() as db:
-            now = now_ms()
-            return db.execute(_TAKE_LEADER, (_LEADER, who, now + ttl, now)).rowcount == 1
-
-    def release_leader(self, coordinator_id: str) -> None:
-        who = check_id(coordinator_id, "coordinator id")
-        with self._tx() as db:
-            db.execute("DELETE FROM leader WHERE name = ? AND holder = ?", (_LEADER, who))
-
     # -- data loss -----------------------------------------------------------------------
 
     def instance_ok(self) -> bool:
@@ -433,122 +328,3 @@ class SQLiteCoordination:
                 raise _not_a_worker(op, worker)
             db.execute("INSERT OR IGNORE INTO slots (op, worker) VALUES (?, ?)", (op, worker))
             db.execute(_RESTART_FENCE, (above, now_ms(), op, worker))
-
-
-# -- helpers ------------------------------------------------------------------------------
-
-
-def _op_worker(operation_id: str, worker_id: str) -> tuple[str, str]:
-    return check_id(operation_id, "operation id"), check_id(worker_id, "worker id")
-
-
-def _key(lease: Lease) -> tuple[str, str]:
-    return _op_worker(lease.operation_id, lease.worker_id)
-
-
-def _id_list(values: Sequence[str], kind: str) -> list[str]:
-    if isinstance(values, str | bytes):  # a str is a Sequence[str] of its letters
-        raise InvalidIdentifier(kind + "s", values, "must be a list of ids, not a string")
-    return [check_id(v, kind) for v in values]
-
-
-def _status(value: str) -> OperationStatus:
-    try:
-        return OperationStatus(value)
-    except ValueError:
-        raise InvalidIdentifier("operation status", value, "not an OperationStatus") from None
-
-
-def _non_negative(value: float, kind: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise InvalidCheckpoint(f"{kind} must be a number >= 0, not {value!r}")
-    return value
-
-
-def _op_row(db: sqlite3.Connection, op: str, *, missing_ok: bool = False) -> Any:
-    row = db.execute("SELECT * FROM operations WHERE op = ?", (op,)).fetchone()
-    if row is None and not missing_ok:
-        raise UnknownOperation(op)
-    return row
-
-
-def _slot(db: sqlite3.Connection, op: str, worker: str) -> Any:
-    return db.execute(_SLOT, (op, worker)).fetchone()
-
-
-def _member_slot(db: sqlite3.Connection, op: str, worker: str) -> Any:
-    """The slot; UnknownOperation for an unknown op, InvalidIdentifier for a stranger."""
-    slot = _slot(db, op, worker)
-    if slot is None:
-        _op_row(db, op)
-        raise _not_a_worker(op, worker)
-    return slot
-
-
-def _not_a_worker(op: str, worker: str) -> InvalidIdentifier:
-    return InvalidIdentifier("worker id", worker, f"not a worker of operation {op!r}")
-
-
-def _live(slot: Any, now_ms: int) -> bool:
-    return slot["owner_token"] is not None and (slot["deadline_ms"] or 0) > now_ms
-
-
-def _slot_state(worker: str, row: Any, now: int) -> SlotState:
-    if row is None:
-        return SlotState(worker_id=worker, fence=0, lease_ms=None, done=False)
-    live = _live(row, now) and not row["done"]
-    return SlotState(
-        worker_id=worker,
-        fence=int(row["fence"]),
-        lease_ms=int(row["deadline_ms"]) - now if live else None,
-        done=bool(row["done"]),
-    )
-
-
-def _owned(db: sqlite3.Connection, lease: Lease, action: str) -> int:
-    """Now (ms) if ``lease`` is the slot's live owner, else ``LeaseLostError``; a slot
-    that is gone (data loss) is a lost lease too: its holder must stop."""
-    op, worker = _key(lease)
-    now = now_ms()
-    slot = _slot(db, op, worker)
-    if slot is None or slot["owner_token"] != lease.owner_token or not _live(slot, now):
-        raise LeaseLostError(op, worker, f"cannot {action}: expired, released or taken over")
-    return now
-
-
-def _info(db: sqlite3.Connection, op: str) -> OperationInfo:
-    row = _op_row(db, op)
-    done = db.execute("SELECT worker FROM slots WHERE op = ? AND done = 1", (op,)).fetchall()
-    shown = db.execute(
-        "SELECT worker, progress FROM slots WHERE op = ? AND progress IS NOT NULL", (op,)
-    ).fetchall()
-    return OperationInfo(
-        operation_id=op,
-        status=OperationStatus(row["status"]),
-        created_at=float(row["created_at"]),
-        config_path=row["config_path"],
-        workers=tuple(json.loads(row["workers"])),
-        stages=tuple(json.loads(row["stages"])),
-        generation=int(row["generation"]),
-        done_workers=frozenset(w for (w,) in done),
-        progress={w: float(p) for w, p in shown},
-    )
-
-
-def _summary_json(summary: CheckpointSummary) -> str:
-    if not isinstance(summary, CheckpointSummary):
-        raise InvalidCheckpoint(f"expected a CheckpointSummary, got {type(summary).__name__}")
-    return summary.model_dump_json()
-
-
-def _summary(text: str) -> CheckpointSummary:
-    return CheckpointSummary.model_validate_json(text)  # parsed, never eval'd or unpickled
-
-
-def _plan_json(body: Mapping[str, Any]) -> str:
-    try:
-        if not isinstance(body, Mapping):
-            raise TypeError(f"expected a mapping, got {type(body).__name__}")
-        return json.dumps(dict(body), sort_keys=True, allow_nan=False)
-    except (TypeError, ValueError) as exc:
-        raise InvalidCheckpoint(f"a resume plan must be plain JSON: {exc}") from None
