@@ -4,7 +4,9 @@ Opening a session does DESIGN.md's takeover: acquire the lease (a fresh fence), 
 the index what the store has and the index lacks, write the takeover record at the next
 seq, index it, and start the heartbeat. ``commit`` then runs steps 3-5 for a snapshot:
 upload the missing chunks, write the create-only commit record, index it. A refused
-commit record means a newer owner took over: the session is lost for good.
+commit record means a newer owner took over: the session is lost for good. Its
+``PlanWatch`` (api/planwatch.py) turns a newer resume plan that puts the worker behind
+its state into a ``RollbackRequested`` that ``check`` raises.
 """
 
 from __future__ import annotations
@@ -15,13 +17,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
-from bbp_dist_resume.api.barrier import rolled_back
 from bbp_dist_resume.api.catalog import store_history
 from bbp_dist_resume.api.faults import fault
 from bbp_dist_resume.api.metrics import recorder
-from bbp_dist_resume.api.watermark import restarted_offset
+from bbp_dist_resume.api.planwatch import PlanWatch
 from bbp_dist_resume.coordination import Coordination
 from bbp_dist_resume.coordination.heartbeat import Heartbeat
 from bbp_dist_resume.coordination.models import CheckpointSummary, Lease, OperationInfo
@@ -78,18 +78,8 @@ class WorkerSession:
         self._lost = threading.Event()
         self._lost_lock = threading.Lock()
         self._uncertain: Manifest | None = None
-        # The seq of this worker's checkpoint its state is at (0: none), and the plan
-        # generation it has seen: a newer plan whose entry is behind it is a rollback.
-        self._state_seq = state_seq
-        self._generation = operation.generation
-        self._rollback: RollbackRequested | None = None
-        self._watch_lock = threading.Lock()
-        self._consumed: dict[str, int] = {}  # channel offsets of the state it is at
-        self.on_rollback: Callable[[RollbackRequested], None] | None = None
-        # Producers whose records come out the same when produced again, and whether
-        # this worker reads only committed records (config).
-        self.deterministic: frozenset[str] = frozenset()
-        self.read_committed = False
+        # The state it is at, the plan generation it has seen, a pending rollback.
+        self._plan = PlanWatch(coord, operation, heartbeat.lease.worker_id, state_seq=state_seq)
 
     @classmethod
     def open(
@@ -139,9 +129,42 @@ class WorkerSession:
             next_seq=takeover.seq + 1,
             state_seq=done[-1].seq if done else 0,
         )
-        session._consumed = dict(done[-1].consumed) if done else {}
+        if done:
+            session._plan.at(done[-1].seq, done[-1].consumed)
         heartbeat.start()
         return session
+
+    @property
+    def on_rollback(self) -> Callable[[RollbackRequested], None] | None:
+        """Called (heartbeat thread) when a new plan rolls this worker back."""
+        return self._plan.on_rollback
+
+    @on_rollback.setter
+    def on_rollback(self, callback: Callable[[RollbackRequested], None] | None) -> None:
+        self._plan.on_rollback = callback
+
+    @property
+    def deterministic(self) -> frozenset[str]:
+        """Producers whose records come out the same when produced again (config)."""
+        return self._plan.deterministic
+
+    @deterministic.setter
+    def deterministic(self, producers: frozenset[str]) -> None:
+        self._plan.deterministic = producers
+
+    @property
+    def read_committed(self) -> bool:
+        """Whether this worker reads only committed records (config)."""
+        return self._plan.read_committed
+
+    @read_committed.setter
+    def read_committed(self, value: bool) -> None:
+        self._plan.read_committed = value
+
+    @property
+    def _rollback(self) -> RollbackRequested | None:
+        """The pending rollback (``PlanWatch.rollback``)."""
+        return self._plan.rollback
 
     @property
     def lease(self) -> Lease:
@@ -191,13 +214,9 @@ class WorkerSession:
         """The state now comes from this worker's checkpoint ``seq`` (0: a clean start),
         following plan ``generation`` when given (which acknowledges its rollback)."""
         self._base = seq
-        self._state_seq = seq
-        self._consumed = dict(consumed or {})
+        self._plan.resumed(seq, consumed or {}, generation)
         self._elapsed_before = elapsed_s
         self._started = time.monotonic()
-        if generation is not None:
-            self._generation = max(self._generation, generation)
-        self._rollback = None
 
     def check(self) -> Lease:
         """The lease, or ``LeaseLostError`` / ``RollbackRequested`` (local checks only,
@@ -206,83 +225,14 @@ class WorkerSession:
             lease = self._heartbeat.lease
             raise LeaseLostError(lease.operation_id, lease.worker_id, "slot taken over")
         lease = self._heartbeat.check()
-        if self._rollback is not None:
-            raise self._rollback
+        if self._plan.rollback is not None:
+            raise self._plan.rollback
         return lease
-
-    def _behind(self, body: Mapping[str, Any], entry: Mapping[str, Any], seq: int) -> bool:
-        """Whether a plan that puts this worker at ``seq`` must roll it back.
-
-        Yes when the planner moved it back. Else, for a plan entry older than its state:
-        a survivor that committed after the plan was built is merely ahead of it, which
-        is consistent, unless it holds records of a restarted producer that no commit of
-        that producer's new incarnation covers (they will be produced again, maybe
-        differently). And even at its latest checkpoint, a consumer that reads at once
-        (not ``read_committed``) from a restarted producer that is not deterministic may
-        hold, in memory, records that will be replaced: it goes back and reads again."""
-        if entry.get("rollback") is True:
-            return True
-        for channel, producer, offset, since in self._restarted_channels(body):
-            if channel not in self._consumed:
-                continue
-            if not self.read_committed and producer not in self.deterministic:
-                return True
-            held = self._consumed[channel]
-            ahead = seq < self._state_seq and held > offset
-            restarts = body.get("restarts")
-            relaunch = restarts.get(producer) if isinstance(restarts, dict) else None
-            relaunch = relaunch if type(relaunch) is int else None
-            if ahead and held > self._recommitted(producer, channel, since, offset, relaunch):
-                return True
-        return False
-
-    def _restarted_channels(self, body: Mapping[str, Any]) -> list[tuple[str, str, int, int]]:
-        """(channel, producer, the plan's offset, the producer's entry seq) for every
-        channel whose producer the plan relaunches or rolls back."""
-        entries, restarted = body.get("entries", {}), rolled_back(body)
-        out = []
-        for channel, pair in body.get("channels", {}).items():
-            if not (isinstance(pair, list) and len(pair) == 2):
-                continue
-            producer, offset = pair
-            if producer != self.worker_id and producer in restarted:
-                since = entries.get(producer, {}).get("seq") or 0
-                out.append((channel, producer, int(offset), int(since)))
-        return out
-
-    def _recommitted(
-        self, producer: str, channel: str, since: int, offset: int, relaunch: int | None
-    ) -> int:
-        """How far the producer's new incarnation (the one that resumed from ``since``)
-        has committed ``channel``; ``offset`` when it has not yet."""
-        history = self._coord.index(self.operation.operation_id, producer)
-        return max(int(offset), restarted_offset(history, channel, since, relaunch))
 
     def watch_plan(self) -> None:
         """Heartbeat hook (and ``complete``): one read of the operation; the plan only
         when it is new. One caller at a time: each plan is judged once."""
-        with self._watch_lock:
-            self._watch_plan()
-
-    def _watch_plan(self) -> None:
-        op, worker = self.operation.operation_id, self.worker_id
-        if self._coord.get_operation(op).generation <= self._generation:
-            return
-        plan = self._coord.read_plan(op)
-        if plan is None or plan.generation <= self._generation:
-            return
-        self._generation = plan.generation
-        entry = plan.body.get("entries", {}).get(worker)
-        if not isinstance(entry, dict):
-            return
-        seq = entry.get("seq") or 0
-        if isinstance(seq, int) and seq <= self._state_seq and self._behind(plan.body, entry, seq):
-            rollback = RollbackRequested(op, plan.generation, entry.get("checkpoint_id"))
-            self._rollback = rollback
-            recorder().rolled_back(op, worker)
-            log.warning("%s", rollback)
-            if self.on_rollback is not None:
-                self.on_rollback(rollback)
+        self._plan.watch_plan()
 
     def set_progress(self, percent: float) -> None:
         self._heartbeat.set_progress(percent)
@@ -339,8 +289,7 @@ class WorkerSession:
     def _committed(self, lease: Lease, manifest: Manifest) -> None:
         fault("after_manifest")
         self._next_seq = manifest.seq + 1
-        self._state_seq = manifest.seq
-        self._consumed = dict(manifest.consumed)
+        self._plan.at(manifest.seq, manifest.consumed)
         self._base = None
         self._index(lease, manifest)
         fault("after_commit")
