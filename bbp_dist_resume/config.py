@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import re
-import tomllib
 from collections.abc import Callable, Iterator, Mapping
 from datetime import timedelta
 from enum import StrEnum
@@ -29,14 +28,11 @@ from pydantic import (
     model_validator,
 )
 
+from bbp_dist_resume.config_sources import read_env, read_toml
 from bbp_dist_resume.errors import ConfigError, InvalidIdentifier
 from bbp_dist_resume.ids import check_id
 from bbp_dist_resume.logs import redact
 
-_ENV_PREFIX = "BBP_"
-# BBP_ variables that are not config fields (read by the CLI and the test fixtures).
-_ENV_NOT_FIELDS = frozenset({"BBP_CONFIG", "BBP_DEBUG", "BBP_LOG_FORMAT", "BBP_FAULT"})
-_ENV_IGNORED_PREFIXES = ("BBP_TEST_",)
 _HOST = re.compile(r"[A-Za-z0-9:][A-Za-z0-9.:-]*")
 
 
@@ -312,8 +308,8 @@ class CheckpointConfig(BaseModel):
         """
         data: dict[str, Any] = {}
         if path is not None:
-            data.update(_read_toml(Path(path)))
-        data.update(_read_env(os.environ if env is None else env))
+            data.update(read_toml(Path(path)))
+        data.update(read_env(os.environ if env is None else env, cls.model_fields))
         data.update(overrides)
         return cls(**data)
 
@@ -329,8 +325,9 @@ class CheckpointConfig(BaseModel):
         ``argument`` (the same arguments, the same precedence)."""
         out = dict.fromkeys(cls.model_fields, "default")
         if path is not None:
-            out.update(dict.fromkeys(_read_toml(Path(path)), "file"))
-        out.update(dict.fromkeys(_read_env(os.environ if env is None else env), "env"))
+            out.update(dict.fromkeys(read_toml(Path(path)), "file"))
+        env_fields = read_env(os.environ if env is None else env, cls.model_fields)
+        out.update(dict.fromkeys(env_fields, "env"))
         out.update(dict.fromkeys(overrides, "argument"))
         return out
 
@@ -377,38 +374,4 @@ def _problems(exc: ValidationError) -> list[tuple[str, str]]:
             out.extend(tuple(p.split(": ", 1)) for p in msg.split("; "))  # type: ignore[misc]
         else:
             out.append((field or "config", msg))
-    return out
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError([("config file", f"cannot read {str(path)!r}: {exc.strerror}")]) from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError([("config file", f"{str(path)!r} is not valid TOML: {exc}")]) from None
-    table = data.get("checkpoint", data)
-    if not isinstance(table, dict):
-        raise ConfigError([("config file", "[checkpoint] must be a table")])
-    return table
-
-
-def _read_env(env: Mapping[str, str]) -> dict[str, Any]:
-    fields = CheckpointConfig.model_fields
-    out: dict[str, Any] = {}
-    unknown: list[tuple[str, str]] = []
-    for name, value in env.items():
-        if not name.startswith(_ENV_PREFIX) or name in _ENV_NOT_FIELDS:
-            continue
-        if name.startswith(_ENV_IGNORED_PREFIXES):
-            continue
-        field = name[len(_ENV_PREFIX) :].lower()
-        if field not in fields:
-            unknown.append((name, "not a configuration field"))
-        elif field in ("decryption_keys", "deterministic_producers"):
-            out[field] = tuple(v for v in value.split(",") if v)
-        else:
-            out[field] = value
-    if unknown:
-        raise ConfigError(unknown)
     return out
