@@ -55,6 +55,8 @@ def test_plan_shows_each_worker_with_its_reason_and_the_quarantined_checkpoints(
 def test_plan_of_an_unknown_operation_is_one_error_line_and_exit_code_1(
     embedded: CheckpointConfig, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    with ResumeSystem(embedded, "w0"):  # a worker made the store and the database
+        pass
     assert main([*_urls(embedded), "plan", "no-such-op"]) == 1
     err = capsys.readouterr().err
     assert err.strip() == "bbp-resume: error: unknown operation 'no-such-op'"
