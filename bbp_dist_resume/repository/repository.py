@@ -1,8 +1,9 @@
 """``Repository``: checkpoints over a blob store.
 
-``write`` cuts parts into content-defined chunks and uploads, in parallel, only the chunks
-the store lacks (or holds but too old to rely on: ``freshness``); ``commit`` then writes
-the manifest as the checkpoint's create-only commit record, the commit point of DESIGN.md.
+``write`` cuts parts into content-defined chunks and uploads, in parallel (``upload``),
+only the chunks the store lacks (or holds but too old to rely on: ``freshness``);
+``commit`` then writes the manifest as the checkpoint's create-only commit record, the
+commit point of DESIGN.md.
 ``takeover`` claims the next seq for a new owner so no earlier owner can commit again.
 ``read``, ``restore_part`` and ``verify`` read back, verifying every chunk.
 """
@@ -11,9 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import threading
-from collections.abc import Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,21 +22,16 @@ from bbp_dist_resume.errors import CommitConflict, IntegrityError, InvalidCheckp
 from bbp_dist_resume.ids import check_id
 from bbp_dist_resume.repository import restore
 from bbp_dist_resume.repository.chunker import ChunkerParams, chunks_of_bytes, chunks_of_file
-from bbp_dist_resume.repository.chunkid import ChunkId
 from bbp_dist_resume.repository.evidence import (
-    ChunkSource,
     Clock,
     EvidenceCache,
     GcTiming,
     MonotonicClock,
-    Outcome,
-    Verdict,
     WriteState,
 )
 from bbp_dist_resume.repository.freshness import Freshness, chunk_ids
 from bbp_dist_resume.repository.manifest import (
     CheckpointRecord,
-    ChunkRef,
     PartRef,
     TakeoverRecord,
     new_token,
@@ -47,6 +42,7 @@ from bbp_dist_resume.repository.manifest import (
 from bbp_dist_resume.repository.meta import CheckpointMeta
 from bbp_dist_resume.repository.objects import ObjectCodec
 from bbp_dist_resume.repository.stats import RepositoryStats, StatsCounter
+from bbp_dist_resume.repository.upload import ChunkUploader
 from bbp_dist_resume.repository.verify import VerifyReport, verify_manifest
 
 Part = bytes | os.PathLike[str]
@@ -81,9 +77,16 @@ class Repository:
         self._clock = clock or MonotonicClock()
         self._evidence = EvidenceCache(GcTiming.of(options.gc_safety_margin))
         self._fresh = Freshness(store, codec, self._evidence, self._clock, self._pool)
-        self._inflight: dict[str, Future[Outcome]] = {}
-        self._inflight_lock = threading.Lock()
         self._stats = StatsCounter()
+        self._uploader = ChunkUploader(
+            codec,
+            self._fresh,
+            evidence=self._evidence,
+            clock=self._clock,
+            stats=self._stats,
+            pool=self._pool,
+            concurrency=options.concurrency,
+        )
 
     @property
     def store(self) -> BlobStore:
@@ -133,101 +136,12 @@ class Repository:
     def _write_part(self, part: bytes | Path, write: WriteState) -> PartRef:
         if isinstance(part, Path):
             if part.stat().st_size > self._opt.inline_threshold:
-                return self._upload(chunks_of_file(part, self._opt.chunker), write, part)
+                return self._uploader.upload(chunks_of_file(part, self._opt.chunker), write, part)
             part = part.read_bytes()
         if len(part) <= self._opt.inline_threshold:
             self._stats.add_inline(len(part))
             return restore.inline_part(part)
-        return self._upload(chunks_of_bytes(part, self._opt.chunker), write, part)
-
-    def _upload(
-        self, chunks: Iterator[memoryview], write: WriteState, part: bytes | Path
-    ) -> PartRef:
-        # At most concurrency + 2 chunks in flight, so memory is bounded by the chunk size.
-        window = threading.BoundedSemaphore(self._opt.concurrency + 2)
-        waits: list[tuple[Future[Outcome], str, ChunkSource]] = []
-        refs: list[ChunkRef] = []
-        offset = 0
-        try:
-            for view in chunks:
-                if any(f.done() and f.exception() for f, _, _ in waits[-4:]):
-                    break  # an upload failed: stop cutting, report it below
-                cid = self._codec.chunk_id(view)
-                refs.append(ChunkRef(id=cid.hex, size=len(view)))
-                self._stats.add_chunk(len(view))
-                fut = self._schedule(cid, view, window, write)
-                if fut is not None:
-                    waits.append((fut, cid.hex, ChunkSource(part, offset, len(view))))
-                offset += len(view)
-        finally:
-            wait([f for f, _, _ in waits])
-        for fut, cid_hex, source in waits:
-            # The first upload failure, if any; else what the chunk still needs.
-            write.must_settle(cid_hex, fut.result(), source)
-        return PartRef(size=sum(r.size for r in refs), chunks=tuple(refs))
-
-    def _schedule(
-        self, cid: ChunkId, view: memoryview, window: threading.BoundedSemaphore, write: WriteState
-    ) -> Future[Outcome] | None:
-        """Start uploading ``cid`` unless there is evidence it is stored and young (or it
-        is in the slot's last commit); return what to wait for.
-
-        A chunk another write is uploading right now is waited for, not skipped: a
-        manifest must never commit before every chunk it names is durable.
-        """
-        now = self._clock.now()
-        write.decided(now)
-        if cid.hex in write.reuse or self._evidence.is_fresh(cid.hex, now):
-            self._stats.add_dedup()
-            return None
-        with self._inflight_lock:
-            running = self._inflight.get(cid.hex)
-            if running is not None:
-                self._stats.add_dedup()
-                return running
-            done: Future[Outcome] = Future()
-            self._inflight[cid.hex] = done
-        window.acquire()
-        # The view dies with the next chunk, so copy it now, exactly once: stored as is,
-        # it becomes the blob; else the worker thread compresses or seals the copy.
-        sealed = self._codec.plain
-        box = [self._codec.seal_chunk(cid, view) if sealed else bytes(view)]
-        probable = self._evidence.is_probable(cid.hex)
-        task = self._pool.submit(self._put_chunk, cid, box, sealed, len(view), probable)
-        task.add_done_callback(lambda t: self._finish(cid, t, done, window))
-        return done
-
-    def _put_chunk(
-        self, cid: ChunkId, box: list[bytes], sealed: bool, size: int, probable: bool
-    ) -> Outcome:
-        # Taken out of its box so that the plaintext is freed once sealed, not held by
-        # the executor's work item for as long as the upload takes.
-        payload = box.pop()
-        blob = payload if sealed else self._codec.seal_chunk(cid, payload)
-        del payload
-        outcome = self._fresh.store_chunk(cid.store_key, blob, probable=probable)
-        # A refused create-only PUT sends no body (Expect: 100-continue): count what was.
-        self._stats.add_upload(outcome.sent, outcome.created, size)
-        return outcome
-
-    def _finish(
-        self,
-        cid: ChunkId,
-        task: Future[Outcome],
-        done: Future[Outcome],
-        window: threading.BoundedSemaphore,
-    ) -> None:
-        window.release()
-        exc = task.exception()
-        with self._inflight_lock:
-            self._inflight.pop(cid.hex, None)
-        if exc is not None:
-            done.set_exception(exc)
-            return
-        outcome = task.result()
-        if outcome.verdict is not Verdict.SETTLE:  # settled ones count once checked
-            self._evidence.note_written(cid.hex, outcome.written, self._clock.now())
-        done.set_result(outcome)
+        return self._uploader.upload(chunks_of_bytes(part, self._opt.chunker), write, part)
 
     def remember_chunks(self, manifest: CheckpointRecord) -> None:
         """Mark a manifest's chunks as probably stored (they were read back or verified);
