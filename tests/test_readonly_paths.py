@@ -231,6 +231,21 @@ def test_an_api_reader_given_a_mistyped_database_raises_coordination_not_found(
     assert listing(tmp_path) == before
 
 
+def test_a_readers_database_deleted_while_it_runs_is_refused_not_made_again(
+    tmp_path: Path, stored: CheckpointConfig
+) -> None:
+    coord = open_coordination(stored.coord_url, create=False)
+    try:
+        assert [o.operation_id for o in coord.list_operations()] == ["op1"]
+        for path in tmp_path.glob("coord.db*"):  # the -wal and -shm files too
+            path.unlink()
+        err = raises_exactly(CoordinationNotFound, coord.list_operations)
+        assert err.path == str(tmp_path / "coord.db")
+    finally:
+        coord.close()
+    assert not list(tmp_path.glob("coord.db*"))
+
+
 def test_a_reader_of_a_store_never_written_to_raises_invalid_state_and_writes_nothing(
     tmp_path: Path,
 ) -> None:

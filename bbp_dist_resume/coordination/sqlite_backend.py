@@ -87,10 +87,12 @@ _RESTART_FENCE = (
 class SQLiteCoordination(SQLiteRecovery):
     """The ``Coordination`` protocol over one SQLite database file."""
 
-    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, timeout_s: float = 10.0, create: bool = True
+    ) -> None:
         self._path = Path(path).absolute()
         self._timeout_s = float(_non_negative(timeout_s, "timeout_s"))
-        self._conns = ThreadConnections(self._path, self._timeout_s)
+        self._conns = ThreadConnections(self._path, self._timeout_s, create=create)
         self._marker = self._conns.connect()
 
     @property

@@ -60,19 +60,29 @@ class _ThreadDb:
 class ThreadConnections:
     """One connection per thread (and per process: never one inherited through fork)."""
 
-    def __init__(self, path: Path, timeout_s: float) -> None:
+    def __init__(self, path: Path, timeout_s: float, *, create: bool = True) -> None:
         self._path = path
         self._timeout_s = timeout_s
+        self._create = create
         self._local = threading.local()
 
     def connect(self) -> str:
-        """Open this thread's connection, creating the schema; return the instance marker."""
-        prepare_file(self._path)
+        """Open this thread's connection, creating the schema; return the instance marker.
+        A reader's (``create=False``) needs the database made already, at every connect:
+        one deleted while it runs is refused, not made again empty."""
+        if self._create:
+            prepare_file(self._path)
+        else:
+            require_database(self._path, self._timeout_s)
         # stat before connect: if the file is swapped in between, the next call sees the
         # mismatch and reconnects, rather than going on with a deleted file.
         ident = file_ident(self._path)
+        # mode=rw opens but never creates: a file deleted since the check stays deleted.
+        target = str(self._path) if self._create else f"{self._path.as_uri()}?mode=rw"
         with translated(self._path):
-            db = sqlite3.connect(self._path, timeout=self._timeout_s, isolation_level=None)
+            db = sqlite3.connect(
+                target, timeout=self._timeout_s, isolation_level=None, uri=not self._create
+            )
             try:
                 configure(db, self._path, self._timeout_s)
                 with transaction(db, write=True):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 from bbp_dist_resume.coordination.base import Coordination
 from bbp_dist_resume.coordination.redis_backend import connect
 from bbp_dist_resume.coordination.sqlite_backend import SQLiteCoordination
-from bbp_dist_resume.coordination.sqlite_db import require_database
 from bbp_dist_resume.errors import ConfigError
 
 _REDIS = ("redis://", "rediss://", "redis+cluster://")
@@ -53,10 +51,7 @@ def open_coordination(
             url, timeout_s=timeout_s, wait_replicas=wait_replicas, wait_timeout_ms=wait_timeout_ms
         )
     if url.startswith("sqlite:"):
-        path = Path(sqlite_path(url)).absolute()
-        if not create:
-            require_database(path, timeout_s)
-        return SQLiteCoordination(path, timeout_s=timeout_s)
+        return SQLiteCoordination(sqlite_path(url), timeout_s=timeout_s, create=create)
     raise ConfigError(
         [("coord_url", "must start with redis://, rediss://, redis+cluster:// or sqlite:")]
     )
