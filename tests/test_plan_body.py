@@ -8,32 +8,19 @@ import dataclasses
 import json
 import random
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from points import P
 
 from bbp_dist_resume.errors import InvalidCheckpoint
 from bbp_dist_resume.policy.plan import PlanEntry, RecoveryPlan, build_plan
 from bbp_dist_resume.policy.recovery import ResumeSelection
 
 OP = "op-1"
-
-
-@dataclass(frozen=True)
-class P:
-    """A commit record implementing the ``Point`` protocol of policy/recovery.py."""
-
-    seq: int
-    kind: str = "checkpoint"
-    progress: float = 0.0
-    epoch: int | None = None
-    base: int | None = None
-    consumed: Mapping[str, int] = field(default_factory=dict)
-    produced: Mapping[str, int] = field(default_factory=dict)
-    root: str = ""
 
 
 # -- the body --------------------------------------------------------------------------------
@@ -119,7 +106,7 @@ MALFORMED: dict[str, Any] = {
     # Fixed: policy/plan.py RecoveryPlan.from_body (lines 73-74) copies ``seq`` and
     # ``checkpoint_id`` unchecked, so a string seq or a numeric checkpoint id is
     # accepted into a PlanEntry typed ``seq: int | None`` / ``checkpoint_id: str | None``
-    # (readers such as session._watch_plan have to re-check the types themselves).
+    # (readers such as PlanWatch._watch_plan (api/planwatch.py) have to re-check the types themselves).
     "seq-a-string": entry_with(seq="2"),
     "checkpoint-id-a-number": entry_with(checkpoint_id=2),
     # Fixed: policy/plan.py from_body (line 80) takes any sequence as a channel's

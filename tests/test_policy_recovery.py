@@ -5,12 +5,13 @@ from __future__ import annotations
 import itertools
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import pytest
 from assertions import raises_exactly
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from points import P
 
 from bbp_dist_resume.errors import InvalidCheckpoint
 from bbp_dist_resume.policy.recovery import (
@@ -19,20 +20,6 @@ from bbp_dist_resume.policy.recovery import (
     live_history,
     recovery_line,
 )
-
-
-@dataclass(frozen=True)
-class P:
-    """A commit record implementing the ``Point`` protocol."""
-
-    seq: int
-    kind: str = "checkpoint"
-    progress: float = 0.0
-    epoch: int | None = None
-    base: int | None = None
-    consumed: Mapping[str, int] = field(default_factory=dict)
-    produced: Mapping[str, int] = field(default_factory=dict)
-    root: str = ""
 
 
 def seqs(line: RecoveryLine) -> dict[str, int | None]:

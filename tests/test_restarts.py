@@ -3,28 +3,13 @@ tables over histories with zombie commits, takeovers and restored commits."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from points import P
 
 from bbp_dist_resume.policy.plan import RecoveryPlan, build_plan
 from bbp_dist_resume.policy.restarts import pending_restarts, planning_view, restored_commits
 
 OP = "op"
 CH = "ch"
-
-
-@dataclass(frozen=True)
-class P:
-    """A commit record implementing the ``Point`` protocol."""
-
-    seq: int
-    kind: str = "checkpoint"
-    progress: float = 0.0
-    epoch: int | None = None
-    base: int | None = None
-    consumed: Mapping[str, int] = field(default_factory=dict)
-    produced: Mapping[str, int] = field(default_factory=dict)
-    root: str = ""
 
 
 def T(seq: int) -> P:

@@ -3,13 +3,13 @@ a producer and a read-committed consumer with crashes, zombie commits and plans.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import pytest
 from assertions import raises_exactly
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
+from points import P
 
 from bbp_dist_resume.api.watermark import committed_offset, producer_of, restored_marker
 from bbp_dist_resume.errors import InvalidCheckpoint
@@ -18,20 +18,6 @@ from bbp_dist_resume.policy.recovery import recovery_line
 
 CH = "ch"
 OP = "op"
-
-
-@dataclass(frozen=True)
-class P:
-    """A commit record implementing the ``Point`` protocol."""
-
-    seq: int
-    kind: str = "checkpoint"
-    progress: float = 0.0
-    epoch: int | None = None
-    base: int | None = None
-    consumed: Mapping[str, int] = field(default_factory=dict)
-    produced: Mapping[str, int] = field(default_factory=dict)
-    root: str = ""
 
 
 def plan(
