@@ -106,7 +106,8 @@ MALFORMED: dict[str, Any] = {
     # Fixed: policy/plan.py RecoveryPlan.from_body (lines 73-74) copies ``seq`` and
     # ``checkpoint_id`` unchecked, so a string seq or a numeric checkpoint id is
     # accepted into a PlanEntry typed ``seq: int | None`` / ``checkpoint_id: str | None``
-    # (readers such as PlanWatch._watch_plan (api/planwatch.py) have to re-check the types themselves).
+    # (readers such as PlanWatch._watch_plan in api/planwatch.py have to re-check the
+    # types themselves).
     "seq-a-string": entry_with(seq="2"),
     "checkpoint-id-a-number": entry_with(checkpoint_id=2),
     # Fixed: policy/plan.py from_body (line 80) takes any sequence as a channel's
