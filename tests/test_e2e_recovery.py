@@ -426,7 +426,7 @@ def assert_bounded_redo(run: Run, reader: ResumeSystem, records: dict[str, list[
             f"{worker}: {len(live[worker])} checkpoints on its live lineage, "
             f"an uncrashed run has {exact[worker]}"
         )
-        # Fixed: session.py WorkerSession._watch_plan (line 185) rolls a surviving worker back
+        # Fixed: PlanWatch._watch_plan (api/planwatch.py) rolled a surviving worker back
         # whenever its plan entry's seq is below its current state, also when the entry is
         # just its latest checkpoint at the time the plan was built ("latest checkpoint",
         # not "rolled back") and it committed since: a survivor that never crashed redoes
