@@ -64,7 +64,6 @@ OPENING: list[list[str]] = [
     ["retention", "op1"],
     ["gc", "--dry-run"],
     ["gc"],
-    ["config", "validate", "--connect"],
     ["keys", "list"],
     ["keys", "add"],
     ["rebuild-index"],  # it may make the database again, never the store it reads
@@ -138,6 +137,25 @@ def test_the_installed_script_refuses_both_typos_and_leaves_nothing(tmp_path: Pa
     ran = run_script("--store", f"file://{store}", "--coord", f"sqlite://{coord}", "ops")
     assert (ran.code, ran.error_line()) == (1, NO_STORE.format(store))
     assert listing(tmp_path) == {}
+
+
+def test_config_validate_connect_notes_what_the_first_worker_will_make_and_makes_nothing(
+    cli: Cli, tmp_path: Path, stored: CheckpointConfig
+) -> None:
+    store, coord, empty = tmp_path / "fresh", tmp_path / "fresh.db", tmp_path / "empty"
+    empty.mkdir()
+    before = listing(tmp_path)
+    for urls, notes in (
+        ((f"file:{store}", f"sqlite:{coord}"), [NO_STORE.format(store), NO_DATABASE.format(coord)]),
+        ((f"file:{empty}", stored.coord_url), [NO_STORE_YET.format(empty)]),
+    ):
+        ran = cli("--store", urls[0], "--coord", urls[1], "config", "validate", "--connect")
+        assert (ran.code, ran.err) == (0, "")
+        said = " ".join(ran.out.split())  # the console wraps long lines
+        assert said == " ".join(
+            [*(f"note: {n}" for n in notes), "configuration is valid and reachable"]
+        )
+    assert listing(tmp_path) == before
 
 
 def test_a_folder_that_holds_no_store_is_refused_and_stays_empty(

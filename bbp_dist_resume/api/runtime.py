@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 from bbp_dist_resume.api.catalog import Catalog
 from bbp_dist_resume.api.checkpointer import Checkpointer, Plumbing
@@ -13,6 +15,12 @@ from bbp_dist_resume.api.committer import Committer
 from bbp_dist_resume.api.maintenance import Maintenance
 from bbp_dist_resume.config import CheckpointConfig
 from bbp_dist_resume.coordination import Coordination, open_coordination
+from bbp_dist_resume.errors import (
+    BBPError,
+    BucketNotFound,
+    CoordinationNotFound,
+    InvalidStateError,
+)
 from bbp_dist_resume.repository import Repository, open_repository
 
 
@@ -43,6 +51,42 @@ def open_resources(
         repo.close()
         raise
     return repo, coord
+
+
+class _Closing(Protocol):
+    def close(self) -> None: ...
+
+
+def not_made_yet(config: CheckpointConfig) -> list[str]:
+    """Open the store, then the backend, as a reader and close them: what a first worker
+    has not created yet (a store never written to, a local store folder or a SQLite file
+    that does not exist), each as the error's message. Nothing is created.
+
+    Raises:
+        BBPError: anything else (a missing bucket, a file that is not a coordination
+            database, credentials, an unreachable server).
+    """
+    openers: list[Callable[[], _Closing]] = [
+        lambda: open_repository(None, config, create=False),
+        lambda: open_coordination(config.coord_url, create=False),
+    ]
+    notes = []
+    for opener in openers:
+        try:
+            opener().close()
+        except BBPError as exc:
+            if not _made_by_a_worker(exc, config):
+                raise
+            notes.append(str(exc))
+    return notes
+
+
+def _made_by_a_worker(exc: BBPError, config: CheckpointConfig) -> bool:
+    if isinstance(exc, CoordinationNotFound):
+        return not Path(exc.path).exists()
+    if isinstance(exc, BucketNotFound):
+        return config.store_url.startswith("file:")  # a bucket is never made
+    return isinstance(exc, InvalidStateError)
 
 
 class Runtime:

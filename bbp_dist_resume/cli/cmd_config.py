@@ -7,7 +7,7 @@ from typing import Any
 import click
 
 from bbp_dist_resume.api import utils
-from bbp_dist_resume.api.admin import Admin
+from bbp_dist_resume.api.runtime import not_made_yet
 from bbp_dist_resume.cli import output as out
 from bbp_dist_resume.cli.app import App, CheckFailed, pass_app
 from bbp_dist_resume.config import CheckpointConfig
@@ -48,7 +48,9 @@ def _shown(config: CheckpointConfig) -> dict[str, Any]:
 def validate(app: App, connect: bool) -> None:
     """Check the configuration; exit code 3 with every problem listed when it is not valid.
 
-    --connect also opens the store (bucket, credentials, keys) and the backend.
+    --connect also opens the store (bucket, credentials, keys) and the backend, as a
+    reader: what the first worker creates (a local store folder, a store never written
+    to, a SQLite file) is a note naming it, not a problem; nothing is created.
     """
     try:
         config = app.config()
@@ -62,13 +64,14 @@ def validate(app: App, connect: bool) -> None:
     for line in advice:
         app.out.print(f"warning: {line}", markup=False)
     if connect:
-        _connect(config)
+        for note in _connect(config):
+            app.out.print(f"note: {note}", markup=False)
     app.out.print("configuration is valid" + (" and reachable" if connect else ""), markup=False)
 
 
-def _connect(config: CheckpointConfig) -> None:
+def _connect(config: CheckpointConfig) -> list[str]:
     try:
-        Admin(config).close()
+        return not_made_yet(config)
     except BBPError as exc:
         raise CheckFailed(f"cannot open the store or the backend: {exc}") from None
 
