@@ -201,7 +201,7 @@ def check_coord_url(url: str) -> None:
 
     with (
         mock.patch.object(coord_url, "connect", redis_client),
-        mock.patch.object(coord_url, "SQLiteCoordination", lambda path, timeout_s: path),
+        mock.patch.object(coord_url, "SQLiteCoordination", lambda path, **_: path),
     ):
         library_errors_only(lambda: coord_url.open_coordination(url))
 
