@@ -143,6 +143,13 @@ class CheckpointConfig(BaseModel):
         gt=timedelta(0),
         description="Lease renewal period; at most half of lease_ttl.",
     )
+    coord_timeout: timedelta = Field(
+        timedelta(seconds=5),
+        ge=timedelta(milliseconds=100),
+        le=timedelta(minutes=5),
+        description="Connect and read timeout of each coordination call (Redis socket, "
+        "SQLite lock wait); a Redis read tries up to 3 times.",
+    )
     read_committed: bool = Field(
         False,
         description="This worker reads only committed records (committed_offset): "
@@ -223,6 +230,7 @@ class CheckpointConfig(BaseModel):
         "scan_interval",
         "gc_safety_margin",
         "recovery_timeout",
+        "coord_timeout",
         mode="before",
     )
     @classmethod

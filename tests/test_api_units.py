@@ -270,6 +270,15 @@ def test_a_config_object_gets_advice() -> None:
     assert advice[1].startswith("cleanup_age: ")
 
 
+def test_a_coord_timeout_that_outlasts_the_lease_margin_gets_advice() -> None:
+    quick = CheckpointConfig(lease_ttl=2, heartbeat_interval=0.5)  # 1.5 s margin, 5 s timeout
+    assert [a.split(":")[0] for a in utils.validate_config(quick)] == ["coord_timeout"]
+    assert (
+        utils.validate_config(quick.model_copy(update={"coord_timeout": timedelta(seconds=1)}))
+        == []
+    )
+
+
 def test_something_else_is_reported_not_raised() -> None:
     assert utils.validate_config(42) == [  # type: ignore[arg-type]
         "config: expected a CheckpointConfig or a mapping, not int"

@@ -64,6 +64,7 @@ def test_keyword_arguments_are_validated_and_typed() -> None:
     assert cfg.strategy is CheckpointStrategy.MANUAL
     assert cfg.time_interval == timedelta(seconds=90)
     assert cfg.cleanup_age == timedelta(hours=2)
+    assert CheckpointConfig(coord_timeout="0.5").coord_timeout == timedelta(seconds=0.5)
 
 
 def test_every_bad_field_is_named_in_one_error() -> None:
@@ -98,6 +99,9 @@ def test_every_bad_field_is_named_in_one_error() -> None:
         ({"coord_url": "mysql://x"}, "coord_url"),
         ({"compression_level": 23}, "compression_level"),
         ({"time_interval": 0}, "time_interval"),
+        ({"coord_timeout": 0.05}, "coord_timeout"),
+        ({"coord_timeout": 301}, "coord_timeout"),
+        ({"coord_timeout": "soon"}, "coord_timeout"),
     ],
 )
 def test_inconsistent_fields_are_refused(changes: dict[str, object], field: str) -> None:

@@ -504,6 +504,28 @@ def closing() -> Iterator[list[ResumeSystem | ResumeSystemManager]]:
         thing.shutdown()
 
 
+@pytest.mark.parametrize("coord_timeout", [0.5, 5.0])
+def test_coord_timeout_bounds_how_long_a_call_blocks_on_a_hung_redis_link(
+    prefix: Prefix, redis_tcp: FaultProxy, systems: Systems, coord_timeout: float
+) -> None:
+    cfg = make_config(
+        prefix.direct, proxied_redis(redis_tcp), coord_timeout=coord_timeout, lease_ttl=30
+    )
+    rs = monitored(systems, cfg, new_op())
+    write(rs, blobs(1, 1))
+    redis_tcp.hang()
+    try:
+        started = time.monotonic()
+        with pytest.raises(CoordinationUnavailable):
+            rs.committed_offset("ch")  # reads the plan and the index
+        blocked = time.monotonic() - started
+    finally:
+        redis_tcp.heal()
+    # At least one timeout, and well under the next setting's: the bound is the option's.
+    assert coord_timeout <= blocked < (4.0 if coord_timeout < 1 else 60.0), blocked
+    assert rs.committed_offset("ch") == 0  # the link healed: the same client goes on
+
+
 def test_a_redis_outage_shorter_than_the_lease_ttl_costs_the_worker_nothing(
     prefix: Prefix, redis_tcp: FaultProxy, systems: Systems
 ) -> None:

@@ -43,6 +43,7 @@ def open_resources(
     try:
         coord = open_coordination(
             config.coord_url,
+            timeout_s=config.coord_timeout.total_seconds(),
             wait_replicas=config.redis_wait_replicas,
             wait_timeout_ms=config.redis_wait_timeout_ms,
             create=create_backend,
@@ -68,7 +69,9 @@ def not_made_yet(config: CheckpointConfig) -> list[str]:
     """
     openers: list[Callable[[], _Closing]] = [
         lambda: open_repository(None, config, create=False),
-        lambda: open_coordination(config.coord_url, create=False),
+        lambda: open_coordination(
+            config.coord_url, timeout_s=config.coord_timeout.total_seconds(), create=False
+        ),
     ]
     notes = []
     for opener in openers:

@@ -78,6 +78,11 @@ def _advice(config: CheckpointConfig) -> list[str]:
         out.append("max_memory_threshold_mb: below 16 MB every adaptive decision checkpoints")
     if config.cleanup_age < config.time_interval:
         out.append("cleanup_age: shorter than time_interval, so retention keeps one checkpoint")
+    if config.coord_timeout > config.lease_ttl - config.heartbeat_interval:
+        out.append(
+            "coord_timeout: longer than lease_ttl - heartbeat_interval, so a renewal stuck on "
+            "a hung link outlasts the lease"
+        )
     return out
 
 
