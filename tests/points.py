@@ -19,3 +19,4 @@ class P:
     consumed: Mapping[str, int] = field(default_factory=dict)
     produced: Mapping[str, int] = field(default_factory=dict)
     root: str = ""
+    fence: int = 0

@@ -119,18 +119,24 @@ class Run:
     """A producer ``prod`` and a read-committed consumer ``cons`` of channel ``ch``, as
     their commit records and the plans a coordinator would publish."""
 
-    hist: dict[str, list[P]] = field(default_factory=lambda: {"prod": [], "cons": []})
+    # Each worker's first acquisition writes a takeover record with its fence, 1.
+    hist: dict[str, list[P]] = field(
+        default_factory=lambda: {w: [P(1, kind="takeover", fence=1)] for w in ("prod", "cons")}
+    )
     offset: int = 0  # the producer's live state: records written so far
     base: int | None = 0  # the base of the producer's next commit
     cons_base: int | None = 0
     consumed: int = 0
     zombie: int | None = None  # the old incarnation's offset while the slot is dead
     zombie_base: int | None = None  # the base of its next commit
+    fence: dict[str, int] = field(default_factory=lambda: {"prod": 1, "cons": 1})
     current: RecoveryPlan | None = None
     seen: list[int] = field(default_factory=list)  # every watermark read so far
 
     def record(self, worker: str, **fields: object) -> P:
         # Seqs grow by one per record; retention never deletes the newest or a takeover.
+        # A record carries its writer's fence unless given (a zombie's is the old one).
+        fields = {"fence": self.fence[worker]} | fields
         point = P(self.hist[worker][-1].seq + 1 if self.hist[worker] else 1, **fields)  # type: ignore[arg-type]
         self.hist[worker].append(point)
         return point
@@ -180,12 +186,14 @@ class Run:
         first commit since it restored carries that base, like any)."""
         if self.zombie is not None:
             self.zombie += n
+            # Its fence is still the slot's: the replacement has not taken over yet.
             self.record("prod", base=self.zombie_base, produced={CH: self.zombie})
             self.zombie_base = None
 
     def restart(self, n: int) -> None:
         if self.zombie is not None:
             seq = self.entry_seq()
+            self.fence["prod"] += 1
             self.record("prod", kind="takeover")
             self.offset, self.base, self.zombie = self.produced_at(seq), seq or 0, None
             self.zombie_base = None  # a zombie commits before the takeover, never after
@@ -199,6 +207,7 @@ class Run:
         # At any time: before the producer's restart, or between its restart and the
         # restored incarnation's first commit (the plan carries the relaunch forward).
         entry = self.publish("cons")
+        self.fence["cons"] += 1
         self.record("cons", kind="takeover")
         self.cons_base = entry.seq or 0
         point = next((p for p in self.hist["cons"] if p.seq == entry.seq), None)

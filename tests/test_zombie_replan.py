@@ -4,9 +4,10 @@ backend pairs, in-process (a crash is a stopped heartbeat, as in tests/test_mana
 
 The scene: producer ``prod`` of channel ``ch`` commits produced 10 and 20 (seqs 2 and 3,
 E = 3), consumer ``cons`` consumed 5 and 15. ``prod`` crashes; plan 1 relaunches it at E
-(``restarts["prod"] == 3``). Its old incarnation, paused past its lease, then commits
-produced 30 at seq 4: the store takes the record (nobody took the slot over yet) and so
-does the index (the slot's owner token and fence are still the old incarnation's). The
+(``restarts["prod"]``: the old incarnation's fence). Its old incarnation, paused past
+its lease, then commits produced 30 at seq 4: the store takes the record (nobody took
+the slot over yet) and so does the index (the slot's owner token and fence are still the
+old incarnation's). The
 replacement claims the slot (takeover at seq 5) and resumes from E, committing nothing
 yet. ``cons`` crashes: plan 2 must keep ``prod`` at E and the watermark at 20, for the
 replacement runs from E and will write records 20..30 again, differently.
@@ -103,10 +104,10 @@ def replaced_producer(
     wait_crashed(mgr, op)
     assert mgr.attempt_automatic_recovery(op)
     plan1 = published(mgr, op)
-    assert plan1.relaunched == ("prod",) and plan1.restarts == {"prod": E_SEQ}
+    old_fence = entries(coord, op, "prod")[E_SEQ].fence
+    assert plan1.relaunched == ("prod",) and plan1.restarts == {"prod": old_fence}
     assert plan1.entries["prod"].checkpoint_id == e
     assert plan1.channels == {"ch": ("prod", E_OFFSET)}
-    old_fence = entries(coord, op, "prod")[E_SEQ].fence
     # After plan 1, before anyone takes the slot over: the dead incarnation commits.
     zombie_commit(monkeypatch, old, coord)
     slot = adopt(mgr.claim("pool"))
@@ -162,7 +163,8 @@ def test_a_consumer_crash_before_the_restored_producer_commits_keeps_it_at_its_e
     )
     assert scene.consumer.committed_offset("ch") == E_OFFSET  # the zombie's 30 is not
     plan2 = crash_consumer(scene, coord)
-    assert plan2.restarts == {"prod": E_SEQ, "cons": 3}
+    fences = {w: entries(coord, scene.op, w)[3].fence for w in ("prod", "cons")}
+    assert plan2.restarts == fences  # the replaced incarnations' (carried for prod)
     cons = plan2.entries["cons"]
     assert (cons.checkpoint_id, dict(cons.replay_from)) == (f"{scene.op}/cons/3", {"ch": 15})
     assert scene.producer.committed_offset("ch") == E_OFFSET
@@ -194,7 +196,8 @@ def test_a_consumer_that_read_past_the_entry_is_planned_back_behind_it(
     read = scene.consumer.create_checkpoint("consume", {"n": 25}, consumed={"ch": 25})
     assert read == f"{scene.op}/cons/4"
     plan2 = crash_consumer(scene, coord)
-    assert plan2.restarts == {"prod": E_SEQ, "cons": 4}
+    fences = {w: entries(coord, scene.op, w)[3].fence for w in ("prod", "cons")}
+    assert plan2.restarts == fences  # the consumer resumed in place: the same fence
     cons = plan2.entries["cons"]
     assert (cons.checkpoint_id, dict(cons.replay_from)) == (f"{scene.op}/cons/3", {"ch": 15})
     assert cons.rollback is True and "had consumed 25" in cons.reason

@@ -33,12 +33,15 @@ POLL_S = 0.05  # two small reads per poll: acknowledgements follow restores with
 
 def awaited(body: Mapping[str, Any]) -> set[str]:
     """The workers a barrier waits for: those a plan body rolls back (the relaunched
-    ones, and every worker whose entry is behind its latest commit) that produce one of
-    its channels."""
+    ones, and every worker whose entry is behind its latest commit) or whose relaunch by
+    an earlier plan it carries (``restarts``: they may not have restored yet), that
+    produce one of its channels."""
     channels = body.get("channels")
     channels = channels if isinstance(channels, dict) else {}
     producers = {p[0] for p in channels.values() if isinstance(p, list) and p}
-    return rolled_back(body) & producers
+    restarts = body.get("restarts")
+    carried = {w for w in restarts if isinstance(w, str)} if isinstance(restarts, dict) else set()
+    return (rolled_back(body) | carried) & producers
 
 
 def rolled_back(body: Mapping[str, Any]) -> set[str]:

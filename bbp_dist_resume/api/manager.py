@@ -17,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Collection
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -173,7 +173,7 @@ class ResumeSystemManager:
         mode: ResumeMode,
         restores: Restores,
         *,
-        relaunched: Collection[str] = (),
+        relaunched: Mapping[str, int] | None = None,
         histories: Histories | None = None,
         previous: RecoveryPlan | None = None,
     ) -> RecoveryPlan:
@@ -192,9 +192,10 @@ class ResumeSystemManager:
             quarantined=restores.quarantined,
             attempts=restores.attempts,
             counted=restores.counted,
-            relaunched=relaunched,
+            relaunched=list(relaunched or {}),
             deterministic=self._config.deterministic_producers,
             previous=previous,
+            replaced=relaunched,
         )
 
     def current_plan(self, operation_id: str) -> RecoveryPlan | None:
@@ -226,6 +227,7 @@ class ResumeSystemManager:
         due = [w for w in crashed if self._due(coord, operation_id, w)]
         if not due:
             return False
+        replaced = {w: coord.fence_of(operation_id, w) for w in due}  # first: policy/restarts
         assert self._repo is not None
         for worker in due:
             # A worker that died between its commit record and the index step (DESIGN.md
@@ -238,7 +240,7 @@ class ResumeSystemManager:
             operation_id,
             ResumeMode.LAST_CHECKPOINT,
             restores,
-            relaunched=due,
+            relaunched=replaced,
             histories=histories,
             previous=previous,
         )

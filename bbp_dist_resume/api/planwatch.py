@@ -133,15 +133,22 @@ class PlanWatch:
         plan = self._coord.read_plan(op)
         if plan is None or plan.generation <= self._generation:
             return
-        self._generation = plan.generation
         entry = plan.body.get("entries", {}).get(worker)
-        if not isinstance(entry, dict):
+        seq = entry.get("seq") or 0 if isinstance(entry, dict) else None
+        if not isinstance(entry, dict) or not isinstance(seq, int):
+            self._generation = plan.generation
             return
-        seq = entry.get("seq") or 0
-        if isinstance(seq, int) and seq <= self._state_seq and self._behind(plan.body, entry, seq):
+        if seq <= self._state_seq and self._behind(plan.body, entry, seq):
+            self._generation = plan.generation
             rollback = RollbackRequested(op, plan.generation, entry.get("checkpoint_id"))
             self._rollback = rollback
             recorder().rolled_back(op, worker)
             log.warning("%s", rollback)
             if self.on_rollback is not None:
                 self.on_rollback(rollback)
+            return
+        # Not rolled back: it is at (or past) its entry, which the barrier of a worker
+        # waiting for it under this plan (a relaunch carried forward) needs to hear. An
+        # acknowledgement that fails is tried again with the next beat.
+        self._coord.ack_plan(op, worker, plan.generation)
+        self._generation = plan.generation

@@ -15,11 +15,11 @@ The rule, over the published resume plan (if any) and the producer's index entri
 - a plan that restarts the producer (it was relaunched, or consistency rolls it back):
   the plan's offset until the incarnation that restored the plan entry commits; then
   that incarnation's latest checkpoint. Commits in between belong to the old incarnation
-  and will be replaced. A relaunched producer's new incarnation is the one that took the
-  slot over after the plan's ``restarts`` seq (``policy.restarts``, also for a plan
-  that carries a relaunch of an earlier one forward); a producer rolled back in place
-  (or one of a plan without ``restarts``) shows it by its first commit, whose ``base``
-  is the entry's seq. This is
+  and will be replaced. The incarnation that restored the entry shows itself by its
+  first commit, whose ``base`` is the entry's seq; for a relaunched producer only
+  commits above the fence the plan's ``restarts`` names count (``policy.restarts``, also
+  for a plan that carries a relaunch of an earlier one forward), so a zombie's commit
+  with that base cannot pass for it. This is
   the rule ``WorkerSession`` applies when it decides whether a consumer must roll back,
   so a consumer that reads only up to the watermark is never rolled back by a plan.
 
@@ -117,12 +117,12 @@ def restarted_offset(
 ) -> int:
     """How far the incarnation that restored seq ``since`` has committed ``channel``
     (0 while it has not committed): the rule both ``committed_offset`` and a consumer's
-    rollback check (``WorkerSession``) apply to a restarted producer. ``relaunch``: the
-    plan's ``restarts`` seq of a relaunched producer (its new incarnation is the one that
-    took the slot over after it)."""
-    if relaunch is None:
-        return _since(_checkpoints(history), channel, since, restarted=True)
-    return _latest(restored_commits(list(history), relaunch) or [], channel)
+    rollback check (``PlanWatch``) apply to a restarted producer. ``relaunch``: the
+    plan's ``restarts`` fence of a relaunched producer (only commits above it count)."""
+    points = list(history)
+    if relaunch is not None:
+        points = restored_commits(points, relaunch) or []
+    return _since(_checkpoints(points), channel, since, restarted=True)
 
 
 def _since(points: Sequence[Point], channel: str, since: int, *, restarted: bool) -> int:

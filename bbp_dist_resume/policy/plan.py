@@ -47,10 +47,10 @@ class RecoveryPlan:
         counted: worker -> the fence of its last crash already counted in ``attempts``.
         relaunched: the crashed workers this plan restarts (their output since their
             entry is replayed, so a consumer that read past it must roll back).
-        restarts: worker -> ``since`` for the relaunched workers, and for those an
-            earlier plan relaunched whose restored incarnation has not committed yet
-            (``policy.restarts``: their commits after ``since`` and before the next
-            takeover are a dead incarnation's).
+        restarts: worker -> the fence of the incarnation the plan replaces, for the
+            relaunched workers and for those an earlier plan relaunched whose restored
+            incarnation has not committed yet (``policy.restarts``: their records at or
+            below it are a dead incarnation's).
         generation: set once published (0 before).
     """
 
@@ -167,11 +167,14 @@ def build_plan(
     relaunched: Collection[str] = (),
     deterministic: Collection[str] = (),
     previous: RecoveryPlan | None = None,
+    replaced: Mapping[str, int] | None = None,
 ) -> RecoveryPlan:
     """The plan of the maximal consistent cut, quarantined checkpoints excluded.
 
     ``previous`` (the plan in force) keeps a worker it relaunched at its entry until the
-    restored incarnation commits (``policy.restarts``)."""
+    restored incarnation commits (``policy.restarts``). ``replaced``: per relaunched
+    worker, the fence of the incarnation it replaces (read before the histories; by
+    default the highest fence in its history)."""
     quarantined = dict(quarantined or {})
     excluded: dict[str, set[int]] = {}
     for quarantined_id in quarantined:
@@ -209,8 +212,17 @@ def build_plan(
         attempts=dict(attempts or {}),
         counted=dict(counted or {}),
         relaunched=tuple(sorted(relaunched)),
-        restarts=next_restarts(histories, pending, relaunched),
+        restarts=next_restarts(pending, _replaced(histories, relaunched, replaced or {})),
     )
+
+
+def _replaced(
+    histories: Mapping[str, History], relaunched: Collection[str], given: Mapping[str, int]
+) -> dict[str, int]:
+    return {
+        w: given[w] if w in given else max((p.fence for p in histories.get(w, ())), default=0)
+        for w in relaunched
+    }
 
 
 def _split(checkpoint_id: str) -> tuple[str, str, int]:

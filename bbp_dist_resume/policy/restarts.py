@@ -1,13 +1,17 @@
 """Relaunched workers across plans: which of their commits the next plan may use.
 
-A plan that relaunches worker W at entry ``e`` records ``since``: the highest seq of W's
-records when the plan was built. The incarnation that restores the entry shows itself by
-the first takeover record after ``since``. Commits between ``since`` and that takeover
-are the dead incarnation's: a paused process may commit after its lease ran out and
-before the slot is taken (its fence is still the slot's), and the restored incarnation
-goes on from ``e``, not from them. So until the restored incarnation commits (a
-checkpoint after its takeover), every later plan keeps W at ``e`` or below and carries
-``since`` forward; a plan that relaunches W again records a fresh one.
+A plan that relaunches worker W at entry ``e`` records ``restarts[W]``: the fencing token
+of the incarnation it replaces (the slot's fence when the crash was handled). The
+incarnation that restores the entry takes the slot over with a higher fence, and every
+record it writes carries one. Records at or below the recorded fence are the dead
+incarnation's: a paused process may commit after its lease ran out and before the slot
+is taken over (its fence is still the slot's), and the restored incarnation goes on from
+``e``, not from them. So until a checkpoint above the recorded fence exists, every later
+plan keeps W at ``e`` or below and carries the fence forward; a plan that relaunches W
+again records the fence it replaces then.
+
+Fences, not seqs, tell the incarnations apart: a replacement that takes the slot over
+while the coordinator is still reading the histories is above the fence all the same.
 
 Without this a consumer crash between the takeover and the restored incarnation's first
 commit would plan the producer from a zombie's commit, while the producer actually runs
@@ -16,19 +20,21 @@ from ``e``: the consumer would keep records the producer writes again, different
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from bbp_dist_resume.policy.recovery import History, Point
 
 
-def restored_commits(history: History, since: int) -> list[Point] | None:
-    """The checkpoints written after the first takeover after seq ``since`` (by seq): the
-    restored incarnation's. None while nobody took the slot over after ``since``."""
-    ordered = sorted(history, key=lambda p: p.seq)
-    takeover = next((p.seq for p in ordered if p.seq > since and p.kind == "takeover"), None)
-    if takeover is None:
+def restored_commits(history: History, fence: int) -> list[Point] | None:
+    """The checkpoints written above ``fence`` (by seq): those of the incarnations that
+    took the slot over since. None while nobody took it over (no takeover above it)."""
+    if not any(p.kind == "takeover" and p.fence > fence for p in history):
         return None
-    return [p for p in ordered if p.seq > takeover and p.kind == "checkpoint"]
+    return sorted((p for p in history if p.kind == "checkpoint" and p.fence > fence), key=_seq)
+
+
+def _seq(point: Point) -> int:
+    return point.seq
 
 
 def pending_restarts(
@@ -36,12 +42,12 @@ def pending_restarts(
     entries: Mapping[str, int | None],
     histories: Mapping[str, History],
 ) -> dict[str, tuple[int, int]]:
-    """worker -> (since, entry seq) for each relaunched worker of an earlier plan whose
+    """worker -> (fence, entry seq) for each relaunched worker of an earlier plan whose
     restored incarnation has not committed yet (``entries``: that plan's entry seqs)."""
     out = {}
-    for worker, since in restarts.items():
-        if worker in entries and not restored_commits(histories.get(worker, ()), since):
-            out[worker] = (since, entries[worker] or 0)
+    for worker, fence in restarts.items():
+        if worker in entries and not restored_commits(histories.get(worker, ()), fence):
+            out[worker] = (fence, entries[worker] or 0)
     return out
 
 
@@ -57,13 +63,8 @@ def planning_view(
 
 
 def next_restarts(
-    histories: Mapping[str, History],
-    pending: Mapping[str, tuple[int, int]],
-    relaunched: Collection[str],
+    pending: Mapping[str, tuple[int, int]], replaced: Mapping[str, int]
 ) -> dict[str, int]:
-    """The ``since`` of each worker the new plan restarts: fresh for the ones it relaunches
-    (their highest seq now), carried for the pending ones."""
-    out = {w: since for w, (since, _) in pending.items()}
-    for worker in relaunched:
-        out[worker] = max((p.seq for p in histories.get(worker, ())), default=0)
-    return out
+    """The ``restarts`` of a new plan: the pending ones carried, and for each worker it
+    relaunches the fence of the incarnation it replaces (``replaced``)."""
+    return {w: fence for w, (fence, _) in pending.items()} | dict(replaced)
