@@ -249,9 +249,12 @@ def test_a_store_without_atomic_create_only_writes_is_refused(tmp_path: Path) ->
     assert not (tmp_path / "s" / "config").exists()
     repo = open_on_store(UnsafeStore(tmp_path / "s"), cfg.with_changes(allow_unsafe_store=True))
     repo.close()
-    # The recorded result keeps refusing the store to openers that do not allow it.
+    # The recorded result keeps refusing the store to openers that do not allow it,
+    # readers too (a GC relies on create-only writes for its lock).
     with pytest.raises(StoreUnsafeError):
         open_on_store(LocalBlobStore(tmp_path / "s"), cfg)
+    with pytest.raises(StoreUnsafeError):
+        open_on_store(LocalBlobStore(tmp_path / "s", create=False), cfg, create=False)
 
 
 class CountingStore(LocalBlobStore):

@@ -115,6 +115,8 @@ def _claim_loops(slots: int, loop: Callable[[], None], stop: threading.Event) ->
         try:
             loop()
         except BaseException as exc:
+            # Said at once: the other slots finish what they run, then the worker exits.
+            log.error("%s stopped claiming: %s", threading.current_thread().name, exc)
             errors.append(exc)
             stop.set()
 

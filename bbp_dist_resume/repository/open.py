@@ -10,7 +10,12 @@ from bbp_dist_resume.repository.evidence import Clock
 from bbp_dist_resume.repository.keys import KEYS_PREFIX, KdfParams, KeyRing
 from bbp_dist_resume.repository.objects import ObjectCodec
 from bbp_dist_resume.repository.repository import Repository, RepositoryOptions
-from bbp_dist_resume.repository.storeconfig import StoreConfig, load_existing, load_or_create
+from bbp_dist_resume.repository.storeconfig import (
+    StoreConfig,
+    check_probe,
+    load_existing,
+    load_or_create,
+)
 
 log = get_logger(__name__)
 
@@ -55,7 +60,7 @@ def open_on_store(
     tests, a monotonic ``clock`` of its own)."""
     if isinstance(store, S3BlobStore):
         store.check_bucket()
-    store_config = load_or_create(store, config) if create else _written_config(store)
+    store_config = load_or_create(store, config) if create else _written_config(store, config)
     chunker = store_config.chunker
     if (chunker.min_size, chunker.avg_size, chunker.max_size) != (
         config.chunk_min_size,
@@ -77,14 +82,16 @@ def open_on_store(
     return Repository(store, codec, options, clock=clock)
 
 
-def _written_config(store: BlobStore) -> StoreConfig:
-    """A reader's view of the store's config object: there must be one."""
+def _written_config(store: BlobStore, config: CheckpointConfig) -> StoreConfig:
+    """A reader's view of the store's config object: there must be one, and its probe
+    must have passed (a GC, which relies on create-only writes, reads it this way too)."""
     found = load_existing(store)
     if found is None:
         raise InvalidStateError(
             f"no checkpoint store at {_where(store)!r}: nothing was ever written there "
             "(a reader creates nothing: the first worker creates it)"
         )
+    check_probe(found.probe, store, config)
     return found
 
 

@@ -97,16 +97,16 @@ def load_or_create(store: BlobStore, config: CheckpointConfig) -> StoreConfig:
     """
     existing = load_existing(store)
     if existing is not None:
-        _check_probe(existing.probe, store, config)
+        check_probe(existing.probe, store, config)
         return existing
     probe = run_probe(store)
-    _check_probe(probe, store, config)
+    check_probe(probe, store, config)
     fresh = _new_config(config, probe)
     body = json.dumps(fresh.model_dump(), sort_keys=True, separators=(",", ":")).encode()
     if store.put_if_absent(CONFIG_KEY, encode(body, store_key=CONFIG_KEY, level=None, seal=None)):
         return fresh
     winner = _parse(store.get(CONFIG_KEY))  # another process created it first
-    _check_probe(winner.probe, store, config)
+    check_probe(winner.probe, store, config)
     return winner
 
 
@@ -180,7 +180,9 @@ def run_probe(store: BlobStore) -> ProbeResult:
     )
 
 
-def _check_probe(probe: ProbeResult, store: BlobStore, config: CheckpointConfig) -> None:
+def check_probe(probe: ProbeResult, store: BlobStore, config: CheckpointConfig) -> None:
+    """Refuse a store whose recorded probe saw more than one create-only writer win
+    (``StoreUnsafeError``), unless ``allow_unsafe_store`` (then a warning)."""
     if probe.winners == 1:
         return
     message = (
