@@ -144,11 +144,11 @@ class CheckpointConfig(BaseModel):
         description="Lease renewal period; at most half of lease_ttl.",
     )
     coord_timeout: timedelta = Field(
-        timedelta(seconds=5),
+        timedelta(seconds=4),
         ge=timedelta(milliseconds=100),
         le=timedelta(minutes=5),
         description="Connect and read timeout of each coordination call (Redis socket, "
-        "SQLite lock wait); a Redis read tries up to 3 times.",
+        "SQLite lock wait); a Redis call tries up to 4 times.",
     )
     read_committed: bool = Field(
         False,

@@ -12,6 +12,7 @@ from typing import Any
 
 from bbp_dist_resume.api.models import ResumeMode
 from bbp_dist_resume.config import CheckpointConfig, CheckpointGranularity, CheckpointStrategy
+from bbp_dist_resume.coordination import longest_call_s
 from bbp_dist_resume.errors import ConfigError, InvalidIdentifier
 from bbp_dist_resume.ids import check_id, parse_checkpoint_id
 
@@ -78,10 +79,11 @@ def _advice(config: CheckpointConfig) -> list[str]:
         out.append("max_memory_threshold_mb: below 16 MB every adaptive decision checkpoints")
     if config.cleanup_age < config.time_interval:
         out.append("cleanup_age: shorter than time_interval, so retention keeps one checkpoint")
-    if config.coord_timeout > config.lease_ttl - config.heartbeat_interval:
+    stuck = longest_call_s(config.coord_timeout.total_seconds())
+    if stuck > (config.lease_ttl - config.heartbeat_interval).total_seconds():
         out.append(
-            "coord_timeout: longer than lease_ttl - heartbeat_interval, so a renewal stuck on "
-            "a hung link outlasts the lease"
+            f"coord_timeout: a renewal retried on a hung link can block for {stuck:g} s, "
+            "longer than lease_ttl - heartbeat_interval: the lease runs out first"
         )
     return out
 

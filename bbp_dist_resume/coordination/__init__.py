@@ -11,6 +11,7 @@ from bbp_dist_resume.coordination.models import (
     ResumePlan,
     SlotState,
 )
+from bbp_dist_resume.coordination.redis_client import longest_call_s
 from bbp_dist_resume.coordination.url import open_coordination
 
 __all__ = [
@@ -22,5 +23,6 @@ __all__ = [
     "ReclaimClaim",
     "ResumePlan",
     "SlotState",
+    "longest_call_s",
     "open_coordination",
 ]

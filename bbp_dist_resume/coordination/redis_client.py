@@ -19,6 +19,16 @@ from bbp_dist_resume.errors import CoordinationError, CoordinationUnavailable
 
 T = TypeVar("T")
 _RETRIES = 3
+
+
+def longest_call_s(timeout_s: float) -> float:
+    """How long one retried call (a renewal, a read) can block on a hung link: every
+    attempt times out (``_RETRIES`` in the loop, then one more that reports), with the
+    backoff between them."""
+    backoff = sum(0.05 * 2.0**i for i in range(_RETRIES - 1))
+    return (_RETRIES + 1) * timeout_s + backoff
+
+
 # Cluster errors of reachability (no node answers, cluster down) are transient too.
 _TRANSIENT = (
     rexc.ConnectionError,

@@ -265,7 +265,9 @@ class DemoRun:
         self._tell(DemoEventKind.KILL, f"kill -9 {worker} (pid {child.pid})")
 
     def _completed(self) -> bool:
-        coord = open_coordination(self.config.coord_url)
+        coord = open_coordination(
+            self.config.coord_url, timeout_s=self.config.coord_timeout.total_seconds()
+        )
         try:
             done = coord.get_operation(self.op).status is OperationStatus.COMPLETED
         finally:
