@@ -169,7 +169,7 @@ def test_a_restorer_that_committed_before_dying_does_not_count_against_its_check
 def test_a_failed_restore_is_counted_once_even_by_a_second_coordinator(
     make_config: MakeConfig, managers: Managers, systems: Systems, adopt: Adopt
 ) -> None:
-    # Fixed: api/manager.py _count_failed_restores (lines 230-233) skips a crash already
+    # Fixed: count_failed_restores (api/restores.py, then in manager.py) skipped a crash
     # counted only by this process's ``_handled`` fences; a second coordinator (a standby
     # that became leader, a restarted one) finds the same dead restorer (its takeover is
     # still the slot's last record) and counts it again, so with quarantine_after=2 one
@@ -394,3 +394,30 @@ def test_a_launcher_that_raises_neither_stops_the_loop_nor_the_other_slots(
     mgr.run(max_scans=3)
     assert sorted(launched) == pair
     assert sorted(queued(coord)) == [(op, w) for w in pair]
+
+
+def test_a_slot_taken_over_after_the_crash_scan_is_not_recovered_again(
+    make_config: MakeConfig, managers: Managers, systems: Systems, coord: Coordination
+) -> None:
+    # The coordinator's scan saw w0 crashed; before it recovered, a replacement took the
+    # slot over (a launcher's second process, a supervisor). A plan made from the stale
+    # scan would relaunch a live slot and, recording the replacement's fence as the one
+    # it replaces, never count the replacement's commits (policy/restarts.py).
+    cfg, op = fast(make_config), new_op()
+    mgr = managers(cfg)
+    rs = monitored(systems, cfg, op)
+    rs.create_checkpoint("s", {"n": 1})
+    crash(rs)
+    wait_crashed(mgr, op)
+    stale = [w for o, w in coord.crashed_workers() if o == op]
+    assert stale == ["w0"]
+    replacement = monitored(systems, cfg, op)
+    assert not mgr._recover(op, stale)
+    assert mgr.current_plan(op) is None and queued(coord) == []
+    # Its commits count as they would have: the next crash is planned from them.
+    latest = replacement.create_checkpoint("s", {"n": 2})
+    crash(replacement)
+    wait_crashed(mgr, op)
+    assert mgr.attempt_automatic_recovery(op)
+    plan = mgr.current_plan(op)
+    assert plan is not None and plan.entries["w0"].checkpoint_id == latest

@@ -6,10 +6,8 @@ again: it pushes the slot to the reclaim queue (idle workers ``claim`` it) and r
 pipeline's launcher when one is registered. ``run()`` is the coordinator loop: any number
 may run, the one holding the leader lease acts, a standby takes over when it lapses.
 
-Poison checkpoints: a slot that crashes again before its first commit after restoring
-its plan entry counts one failed restore of that checkpoint; ``quarantine_after`` of
-them quarantine it (kept in the plan body, with the reason) and the next plan falls back
-past it.
+Poison checkpoints (a restore that keeps crashing its worker) are counted and
+quarantined by ``api/restores.py``.
 """
 
 from __future__ import annotations
@@ -18,7 +16,6 @@ import threading
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import ClassVar
 
 from bbp_dist_resume.api.catalog import Catalog, Histories
@@ -27,6 +24,7 @@ from bbp_dist_resume.api.globalstats import global_statistics
 from bbp_dist_resume.api.launch import Launcher, Launches, check_launcher
 from bbp_dist_resume.api.metrics import recorder, start_configured_exporter
 from bbp_dist_resume.api.models import ResumeMode, ResumeStatistics
+from bbp_dist_resume.api.restores import Restores, count_failed_restores
 from bbp_dist_resume.api.resume_system import ResumeSystem
 from bbp_dist_resume.api.runtime import open_resources
 from bbp_dist_resume.api.session import repair_index
@@ -43,21 +41,6 @@ from bbp_dist_resume.repository import Repository
 log = get_logger(__name__)
 _ANY = "*"  # register_pipeline("*", ...): the launcher of every operation
 _RELAUNCH_TTLS = 3  # a pushed slot nobody took within 3 lease TTLs is pushed again
-
-
-@dataclass(slots=True)
-class Restores:
-    """What plans carry forward about failed restores (see the module docstring)."""
-
-    quarantined: dict[str, str]
-    attempts: dict[str, int]
-    counted: dict[str, int]  # worker -> fence of its last crash already counted
-
-    @classmethod
-    def of(cls, plan: RecoveryPlan | None) -> Restores:
-        if plan is None:
-            return cls({}, {}, {})
-        return cls(dict(plan.quarantined), dict(plan.attempts), dict(plan.counted))
 
 
 class ResumeSystemManager:
@@ -227,7 +210,14 @@ class ResumeSystemManager:
         due = [w for w in crashed if self._due(coord, operation_id, w)]
         if not due:
             return False
-        replaced = {w: coord.fence_of(operation_id, w) for w in due}  # first: policy/restarts
+        # Fences first, then the crash again: a replacement that took a slot over since the
+        # scan is live (not recovered twice), one that takes it later is above its fence.
+        replaced = {w: coord.fence_of(operation_id, w) for w in due}
+        still = {w for op, w in coord.crashed_workers() if op == operation_id}
+        due = [w for w in due if w in still]
+        replaced = {w: f for w, f in replaced.items() if w in still}
+        if not due:
+            return False
         assert self._repo is not None
         for worker in due:
             # A worker that died between its commit record and the index step (DESIGN.md
@@ -235,7 +225,7 @@ class ResumeSystemManager:
             repair_index(self._repo, coord, operation_id, worker)
         previous = self.current_plan(operation_id)
         histories = self._cat().histories(operation_id)  # read once for both uses
-        restores = self._count_failed_restores(due, previous, histories)
+        restores = count_failed_restores(due, previous, histories, self._config.quarantine_after)
         plan = self._plan(
             operation_id,
             ResumeMode.LAST_CHECKPOINT,
@@ -261,34 +251,6 @@ class ResumeSystemManager:
             return True
         ttl = self._config.lease_ttl.total_seconds()
         return time.monotonic() - handled[1] > _RELAUNCH_TTLS * ttl
-
-    def _count_failed_restores(
-        self, crashed: list[str], previous: RecoveryPlan | None, histories: Histories
-    ) -> Restores:
-        counts = Restores.of(previous)
-        if previous is None:
-            return counts
-        quarantined, attempts = counts.quarantined, counts.attempts
-        for worker in crashed:
-            entry = previous.entries.get(worker)
-            entries = histories.get(worker, [])
-            restored_then_died = entries and entries[-1].kind == "takeover"
-            if entry is None or entry.checkpoint_id is None or not restored_then_died:
-                continue
-            # The crash is named by its owner's fence, kept in the plan: a standby or a
-            # restarted coordinator never counts the same dead restorer twice.
-            fence = entries[-1].fence
-            if counts.counted.get(worker) == fence:
-                continue
-            counts.counted[worker] = fence
-            cid = entry.checkpoint_id
-            attempts[cid] = attempts.get(cid, 0) + 1
-            if attempts[cid] >= self._config.quarantine_after and cid not in quarantined:
-                quarantined[cid] = (
-                    f"restore failed {attempts[cid]} times (worker died before committing)"
-                )
-                log.warning("quarantined %s: %s", cid, quarantined[cid])
-        return counts
 
     def _relaunch(self, coord: Coordination, op: str, worker: str) -> None:
         self._handled[(op, worker)] = (coord.fence_of(op, worker), time.monotonic())
