@@ -69,25 +69,33 @@ class Maintenance:
         for worker, cut in recovery_line(histories, deterministic=self._deterministic).cuts.items():
             if cut.seq is not None:
                 out[worker].add(cut.seq)
-        for worker, seq in self._plan_entries(operation_id).items():
+        entries, restarts = self._plan_entries(operation_id)
+        for worker, seq in entries.items():
             kept = out.setdefault(worker, set())
             if seq:
                 kept.add(seq)
             # The first commit of the incarnation that restored the entry: without it,
             # committed_offset and the rollback check could not tell that incarnation's
             # later commits from those of the one the plan replaced.
-            marker = restored_marker(histories.get(worker, ()), seq)
+            marker = restored_marker(histories.get(worker, ()), seq, restarts.get(worker))
             if marker is not None:
                 kept.add(marker)
         return out
 
-    def _plan_entries(self, operation_id: str) -> dict[str, int]:
-        """Worker -> the seq its plan entry restores (0: the initial state)."""
+    def _plan_entries(self, operation_id: str) -> tuple[dict[str, int], dict[str, int]]:
+        """Worker -> the seq its plan entry restores (0: the initial state), and the
+        plan's ``restarts`` (worker -> the fence its relaunch replaced)."""
         try:
             plan = self._coord.read_plan(operation_id)
         except UnknownOperation:
-            return {}
+            return {}, {}
         entries = plan.body.get("entries", {}) if plan else {}
+        restarts = plan.body.get("restarts", {}) if plan else {}
+        fences = {
+            w: f
+            for w, f in (restarts.items() if isinstance(restarts, dict) else ())
+            if isinstance(w, str) and type(f) is int
+        }
         out = {}
         for worker, entry in entries.items() if isinstance(entries, dict) else ():
             cid = entry.get("checkpoint_id") if isinstance(entry, dict) else None
@@ -95,7 +103,7 @@ class Maintenance:
                 out[worker] = parse_checkpoint_id(cid)[2]
             elif isinstance(entry, dict) and cid is None:
                 out[worker] = 0
-        return out
+        return out, fences
 
     def delete(self, checkpoint_id: str) -> bool:
         """Delete one checkpoint; False when there was none."""

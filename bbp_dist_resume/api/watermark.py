@@ -104,12 +104,19 @@ def _latest(points: Sequence[Point], channel: str) -> int:
     return points[-1].produced.get(channel, 0) if points else 0
 
 
-def restored_marker(history: Iterable[Point], since: int) -> int | None:
+def restored_marker(
+    history: Iterable[Point], since: int, relaunch: int | None = None
+) -> int | None:
     """The seq of the first commit of an incarnation that restored seq ``since`` (0: the
-    initial state): the first checkpoint after it whose ``base`` is ``since``. Retention
-    keeps it while a plan names ``since`` (``Maintenance.protected``): without it the
-    restored incarnation's later commits could not be told from the old one's."""
-    return next((p.seq for p in _checkpoints(history) if p.seq > since and p.base == since), None)
+    initial state): the first checkpoint after it whose ``base`` is ``since`` (above the
+    plan's ``restarts`` fence ``relaunch`` when given: a zombie's commit with that base
+    is not it). Retention keeps it while a plan names ``since`` (``Maintenance.protected``):
+    without it the restored incarnation's later commits could not be told from the old
+    one's."""
+    points: Iterable[Point] = history
+    if relaunch is not None:
+        points = restored_commits(list(history), relaunch) or []
+    return next((p.seq for p in _checkpoints(points) if p.seq > since and p.base == since), None)
 
 
 def restarted_offset(
